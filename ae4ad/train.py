@@ -1,0 +1,299 @@
+"""One trial: train one model on one data set's normal images and score it.
+
+``fit(config)`` yields one record (a plain dict) per evaluation: every
+``eval_every`` epochs and at the end. The final record also carries the per-image
+test scores and labels, so anyone can recompute the metrics, and a few example
+reconstructions.
+
+Example:
+    >>> from ae4ad.train import fit
+    >>> config = {"dataset": "phantom", "model": "ae", "epochs": 1,
+    ...           "dataset_params": {"image_size": 32, "n_train": 64, "n_val": 16,
+    ...                              "n_test_normal": 16, "n_test_abnormal": 16},
+    ...           "model_params": {"latent_dim": 4, "num_blocks": 3, "hidden_dim": 32}}
+    >>> records = list(fit(config))
+    >>> records[-1]["status"], 0.0 <= records[-1]["auc"] <= 1.0
+    ('completed', True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+
+from ae4ad.data import AnomalyDataset, load_dataset
+from ae4ad.latent import image_intrinsic_dimension, latent_statistics
+from ae4ad.models import build_model
+from ae4ad.scoring import SCORES, anomaly_map, image_metrics, image_scores, pixel_metrics
+
+
+class ConfigError(ValueError):
+    """A training config is invalid: the message names the key, value and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one trial needs; plain values so it travels as a dict."""
+
+    dataset: str = "phantom"
+    dataset_params: dict = field(default_factory=dict)
+    model: str = "ae"
+    model_params: dict = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 10
+    eval_batch_size: int = 256
+    device: str = "auto"
+    threads: int | None = None
+    score: str = "l2"
+    bf16: bool = False
+    channels_last: bool = False
+    n_examples: int = 3
+
+    @classmethod
+    def from_dict(cls, config: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown training config key {unknown[0]!r}; allowed: {', '.join(sorted(known))}"
+            )
+        cfg = cls(**config)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"lr: expected a positive number, got {self.lr!r}")
+        if self.score not in SCORES:
+            raise ConfigError(f"score: expected one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.inference_mode()
+def evaluate_images(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    score: str,
+    batch_size: int,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+    keep_maps: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Batched reconstruction of ``images``: latents, anomaly maps and image scores (CPU)."""
+    model.eval()
+    zs, maps, scores = [], [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
+            out = model(x)
+        m = anomaly_map(x.float(), out["x_hat"].float(), score)
+        zs.append(out["z"].float().cpu())
+        scores.append(image_scores(m).cpu())
+        if keep_maps:
+            maps.append(m.cpu())
+    result = {"z": torch.cat(zs), "scores": torch.cat(scores)}
+    if keep_maps:
+        result["maps"] = torch.cat(maps)
+    return result
+
+
+def _mean(t: torch.Tensor) -> float:
+    return float(t.mean()) if len(t) else float("nan")
+
+
+def _examples(
+    model: torch.nn.Module, data: AnomalyDataset, maps: torch.Tensor, n: int, device: torch.device
+) -> dict:
+    """A few normal and abnormal test images with reconstruction, map and mask."""
+    labels = data.test_labels
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:n] for c in (0, 1)])
+    model.eval()
+    with torch.inference_mode():
+        x_hat = model(data.test[idx].to(device))["x_hat"].float().cpu()
+    r = lambda t: np.round(t.numpy().astype(np.float32), 3).tolist()  # noqa: E731
+    return {
+        "index": idx.tolist(),
+        "labels": labels[idx].tolist(),
+        "inputs": r(data.test[idx]),
+        "reconstructions": r(x_hat),
+        "anomaly_maps": r(maps[idx]),
+        "masks": None if data.test_masks is None else r(data.test_masks[idx]),
+    }
+
+
+def fit(config: dict | TrainConfig, dataset: AnomalyDataset | None = None) -> Iterator[dict]:
+    """Train ``config.model`` on the normal images of ``dataset`` and yield evaluation records.
+
+    ``dataset`` (already loaded) is used when given; otherwise it is loaded from
+    ``config.dataset`` / ``config.dataset_params``.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    data = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
+
+    model_params = {"image_size": data.image_size, "in_channels": data.in_channels}
+    model_params.update(cfg.model_params)
+    model = build_model(cfg.model, **model_params).to(device)
+    memory_format = torch.preserve_format
+    if cfg.channels_last and device.type == "cuda":
+        memory_format = torch.channels_last
+        model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    train = data.train.to(device).contiguous(memory_format=memory_format)
+    n = len(train)
+    batch = min(cfg.batch_size, n)
+    n_batches = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 image)
+    started = time.perf_counter()
+    train_time, images_seen = 0.0, 0
+    losses: list[float] = []
+    base = {
+        "device": str(device),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=generator).to(device)
+        epoch_loss = torch.zeros((), device=device)
+        for b in range(n_batches):
+            x = train[order[b * batch : (b + 1) * batch]]
+            with autocast():
+                loss, _ = model.training_loss(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.detach().float()
+        mean_loss = float(epoch_loss) / n_batches
+        train_time += time.perf_counter() - t0
+        images_seen += n_batches * batch
+        losses.append(mean_loss)
+
+        if not math.isfinite(mean_loss):
+            record = _diverged_record(epoch, mean_loss, started, train_time, images_seen)
+            yield {**base, **record}
+            return
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            is_final = epoch == cfg.epochs
+            record = {
+                "epoch": epoch,
+                "status": "completed" if is_final else "running",
+                "is_final": is_final,
+                "train_loss": mean_loss,
+                "train_time_s": train_time,
+                "images_per_s": images_seen / train_time if train_time > 0 else float("nan"),
+            }
+            record.update(_evaluate(model, data, cfg, device, autocast, is_final))
+            record["elapsed_s"] = time.perf_counter() - started
+            yield {**base, **record}
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    data: AnomalyDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    autocast,
+    is_final: bool,
+) -> dict:
+    ev = lambda images, keep: evaluate_images(  # noqa: E731
+        model, images, cfg.score, cfg.eval_batch_size, device, autocast(), keep_maps=keep
+    )
+    train_eval = ev(data.train, False)
+    test_eval = ev(data.test, True)
+    labels = data.test_labels
+    scores = test_eval["scores"]
+    rec: dict = {
+        **image_metrics(scores.numpy(), labels.numpy()),
+        "mean_score_normal": _mean(scores[labels == 0]),
+        "mean_score_abnormal": _mean(scores[labels == 1]),
+        "recon_error_train_normal": _mean(train_eval["scores"]),
+        "recon_error_test_normal": _mean(scores[labels == 0]),
+        "recon_error_test_abnormal": _mean(scores[labels == 1]),
+        "recon_error_val_normal": None,
+    }
+    val_maps = val_masks = None
+    if data.val is not None:
+        val_eval = ev(data.val, data.val_masks is not None)
+        val_labels = data.val_labels if data.val_labels is not None else torch.zeros(len(data.val))
+        rec["recon_error_val_normal"] = _mean(val_eval["scores"][val_labels == 0])
+        if data.val_masks is not None:
+            val_maps, val_masks = val_eval["maps"].numpy(), data.val_masks.numpy()
+    if data.test_masks is not None:
+        rec.update(
+            pixel_metrics(test_eval["maps"].numpy(), data.test_masks.numpy(), val_maps, val_masks)
+        )
+    else:
+        rec.update(
+            pixel_ap=None, pixel_auc=None, best_dice=None, dice_threshold=None,
+            dice_threshold_source=None,
+        )  # fmt: skip
+    rec.update(latent_statistics(train_eval["z"].numpy()))
+    rec["latent_size"] = int(train_eval["z"].shape[1])
+    if is_final:
+        rec["scores"] = scores.tolist()
+        rec["labels"] = labels.tolist()
+        rec.update(image_intrinsic_dimension(data.train.numpy()))
+        rec["examples"] = _examples(model, data, test_eval["maps"], cfg.n_examples, device)
+    return rec
+
+
+def _diverged_record(
+    epoch: int, loss: float, started: float, train_time: float, images_seen: int
+) -> dict:
+    nan = float("nan")
+    return {
+        "epoch": epoch,
+        "status": "diverged",
+        "is_final": True,
+        "train_loss": loss,
+        "train_time_s": train_time,
+        "images_per_s": images_seen / train_time if train_time > 0 else nan,
+        "elapsed_s": time.perf_counter() - started,
+        "auc": nan,
+        "ap": nan,
+        "error": f"training loss became {loss} at epoch {epoch}",
+    }
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """The config as a plain dict (for result tables)."""
+    return asdict(cfg)

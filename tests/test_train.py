@@ -1,0 +1,141 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ae4ad import AnomalyDataset, ConfigError, fit
+from ae4ad.scoring import image_metrics
+
+
+def tiny_dataset(with_masks: bool = True, with_val: bool = True) -> AnomalyDataset:
+    """Smooth blobs as normal images; abnormal ones carry a bright square."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+
+    def normal(n):
+        c = torch.rand(n, 2, generator=g) * 0.6 - 0.3
+        r = (xx[None] - c[:, :1, None]) ** 2 + (yy[None] - c[:, 1:, None]) ** 2
+        return (torch.exp(-r / 0.3) * 2 - 1)[:, None].float()
+
+    test = normal(24)
+    labels = torch.tensor([0] * 12 + [1] * 12)
+    masks = torch.zeros(24, 1, 16, 16)
+    masks[12:, :, 5:9, 5:9] = 1
+    test = torch.where(masks > 0, torch.ones_like(test), test)
+    val = normal(8) if with_val else None
+    return AnomalyDataset(
+        name="tiny",
+        description="blobs with squares",
+        train=normal(48),
+        test=test,
+        test_labels=labels,
+        test_masks=masks if with_masks else None,
+        val=val,
+    )
+
+
+BASE = {
+    "dataset": "tiny",
+    "model": "ae",
+    "model_params": {"latent_dim": 2, "num_blocks": 2, "hidden_dim": 16, "base_width": 4},
+    "epochs": 4,
+    "batch_size": 16,
+    "eval_every": 2,
+    "seed": 0,
+    "threads": 1,
+}
+
+
+def test_records_per_evaluation_and_final_payload():
+    records = list(fit(BASE, dataset=tiny_dataset()))
+    assert [r["epoch"] for r in records] == [2, 4]
+    assert [r["status"] for r in records] == ["running", "completed"]
+    final = records[-1]
+    assert final["is_final"] and not records[0]["is_final"]
+    for key in (
+        "train_loss", "elapsed_s", "images_per_s", "auc", "ap", "mean_score_normal",
+        "mean_score_abnormal", "pixel_ap", "pixel_auc", "best_dice", "recon_error_train_normal",
+        "recon_error_val_normal", "recon_error_test_normal", "recon_error_test_abnormal",
+        "latent_entropy_gaussian", "latent_entropy_knn", "latent_effective_rank",
+        "latent_participation_ratio", "latent_intrinsic_dim",
+        "image_intrinsic_dim_twonn", "image_intrinsic_dim_mle",
+    ):  # fmt: skip
+        assert key in final, key
+    assert final["dice_threshold_source"] == "test-optimal"
+    assert len(final["scores"]) == 24 and final["labels"] == [0] * 12 + [1] * 12
+    # the stored scores reproduce the metrics
+    again = image_metrics(np.array(final["scores"]), np.array(final["labels"]))
+    assert again["auc"] == pytest.approx(final["auc"]) and again["ap"] == pytest.approx(final["ap"])
+    ex = final["examples"]
+    assert len(ex["inputs"]) == len(ex["reconstructions"]) == len(ex["masks"]) == 6
+    assert np.array(ex["anomaly_maps"]).shape == (6, 1, 16, 16)
+    assert "scores" not in records[0]
+
+
+def test_same_seed_same_records():
+    strip = lambda rs: [  # noqa: E731
+        {k: v for k, v in r.items() if k not in ("elapsed_s", "images_per_s", "train_time_s")}
+        for r in rs
+    ]
+    a = strip(fit(BASE, dataset=tiny_dataset()))
+    b = strip(fit(BASE, dataset=tiny_dataset()))
+    assert a == b
+    c = strip(fit({**BASE, "seed": 1}, dataset=tiny_dataset()))
+    assert c[-1]["train_loss"] != a[-1]["train_loss"]
+
+
+def test_no_masks_no_pixel_metrics():
+    final = list(fit(BASE, dataset=tiny_dataset(with_masks=False, with_val=False)))[-1]
+    assert final["pixel_ap"] is None and final["best_dice"] is None
+    assert final["recon_error_val_normal"] is None
+    assert final["examples"]["masks"] is None
+
+
+def test_validation_masks_choose_the_dice_threshold():
+    ds = tiny_dataset()
+    ds.val, ds.val_labels, ds.val_masks = ds.test[8:16], ds.test_labels[8:16], ds.test_masks[8:16]
+    final = list(fit(BASE, dataset=ds))[-1]
+    assert final["dice_threshold_source"] == "val"
+    assert 0 <= final["best_dice"] <= 1
+
+
+@pytest.mark.parametrize("model", ["vae", "memae", "ceae", "constrained_ae", "ae_spatial"])
+def test_every_model_trains(model):
+    final = list(fit({**BASE, "model": model, "epochs": 2}, dataset=tiny_dataset()))[-1]
+    assert final["status"] == "completed"
+    assert math.isfinite(final["train_loss"])
+
+
+def test_divergence_is_a_status_not_a_crash():
+    records = list(fit({**BASE, "lr": 1e30, "epochs": 6}, dataset=tiny_dataset()))
+    assert records[-1]["status"] == "diverged"
+    assert records[-1]["is_final"]
+    assert "training loss became" in records[-1]["error"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": 0}, "epochs: expected a positive integer, got 0"),
+        ({"lr": -1}, "lr: expected a positive number, got -1"),
+        ({"score": "l3"}, "score: expected one of l2, l1, ssim, got 'l3'"),
+        ({"epoch": 3}, "unknown training config key 'epoch'"),
+    ],
+)
+def test_bad_config(change, message):
+    with pytest.raises(ConfigError, match=message):
+        next(fit({**BASE, **change}, dataset=tiny_dataset()))
+
+
+def test_loads_the_dataset_by_name_when_not_given():
+    config = {
+        **BASE,
+        "dataset": "digits",
+        "dataset_params": {"image_size": 16},
+        "epochs": 1,
+        "eval_every": 1,
+    }
+    final = list(fit(config))[-1]
+    assert final["status"] == "completed" and 0 <= final["auc"] <= 1
+    assert isinstance(torch.get_num_threads(), int)
