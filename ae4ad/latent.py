@@ -60,11 +60,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import sklearn
 from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 from sklearn.covariance import ledoit_wolf
@@ -96,10 +98,10 @@ RANK_RTOL = 1e-12
 KNN_JITTER = 1e-6
 
 #: Dimensions up to this use a k-d tree for neighbour search; above it, brute force.
-_KDTREE_MAX_DIM = 16
+_KDTREE_MAX_DIM = 10
 
-#: Extra brute-force candidates re-ranked with exact float64 distances.
-_EXTRA_CANDIDATES = 8
+#: Spare brute-force candidates per point beyond the k needed.
+_EXTRA_CANDIDATES = 2
 
 _Result = tuple[float, "str | None"]
 _NAN = float("nan")
@@ -184,40 +186,58 @@ def _numerical_rank(eigenvalues: np.ndarray) -> int:
 def _nearest_distances(x: np.ndarray, k: int) -> np.ndarray:
     """Sorted Euclidean distances (n, k) from each point to its k nearest other points.
 
-    Low dimensions use a k-d tree. Higher dimensions use a brute-force Gram matrix (in
-    the input's float precision, on centred data) to pick ``k + 8`` candidates, whose
-    distances are then recomputed exactly in float64 and re-ranked.
+    Up to 10 dimensions: a k-d tree (exact). Above: a brute-force Gram matrix of the
+    centred data in the input's float precision (float32 stays float32, half the cost
+    for images) gives ``k + 2`` candidates per point; rows whose candidates are so close
+    that rounding in ``|a|^2 + |b|^2 - 2 a.b`` could matter (squared distance below
+    ``1e4 * sqrt(d) * eps * (|a|^2 + |b|^2)``, e.g. duplicates) get their candidate
+    distances recomputed exactly from float64 differences.
     """
     n, d = x.shape
     if d <= _KDTREE_MAX_DIM:
         x64 = x.astype(np.float64, copy=False)
         dist, _ = cKDTree(x64).query(x64, k=k + 1, workers=1)
-        return np.asarray(dist)[:, 1:]
-    work = (x - x.mean(axis=0)).astype(x.dtype, copy=False)
-    sq = np.einsum("ij,ij->i", work, work)
+        return np.asarray(dist, dtype=np.float64).reshape(n, k + 1)[:, 1:]
+    work = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)
+    sq = np.einsum("ij,ij->i", work, work).astype(np.float64)
+    risk_factor = 1e4 * math.sqrt(d) * float(np.finfo(work.dtype).eps)
     n_cand = min(k + _EXTRA_CANDIDATES, n - 1)
     out = np.empty((n, k), dtype=np.float64)
-    rows_gram = max(1, min(n, (1 << 22) // max(n, 1)))
-    rows_exact = max(1, (1 << 23) // max(n_cand * d, 1))
-    x64_rows = None
+    rows_gram = max(1, min(n, (1 << 22) // n))
     for start in range(0, n, rows_gram):
         stop = min(n, start + rows_gram)
-        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (work[start:stop] @ work.T)
-        d2[np.arange(stop - start), np.arange(start, stop)] = np.inf
+        rows = np.arange(start, stop)
+        d2 = (work[start:stop] @ work.T).astype(np.float64, copy=False)
+        d2 *= -2.0
+        d2 += sq[rows, None]
+        d2 += sq[None, :]
+        d2[rows - start, rows] = np.inf
         cand = np.argpartition(d2, n_cand - 1, axis=1)[:, :n_cand]
-        for s2 in range(start, stop, rows_exact):
-            e2 = min(stop, s2 + rows_exact)
-            x64_rows = x[s2:e2].astype(np.float64)
-            nbrs = x[cand[s2 - start : e2 - start]].astype(np.float64)
-            diff = nbrs - x64_rows[:, None, :]
-            exact = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-            exact.sort(axis=1)
-            out[s2:e2] = exact[:, :k]
+        cd2 = np.take_along_axis(d2, cand, axis=1)
+        at_risk = np.any(cd2 < risk_factor * (sq[rows, None] + sq[cand]), axis=1)
+        cd2 = np.sqrt(np.clip(cd2, 0.0, None))
+        risky = np.flatnonzero(at_risk)
+        chunk = max(1, (1 << 23) // (n_cand * d))
+        for s2 in range(0, risky.size, chunk):
+            local = risky[s2 : s2 + chunk]
+            diff = x[cand[local]].astype(np.float64) - x[start + local, None, :].astype(np.float64)
+            cd2[local] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        cd2.sort(axis=1)
+        out[start:stop] = cd2[:, :k]
     return out
 
 
 def _unique_rows(x: np.ndarray) -> np.ndarray:
-    return np.unique(x, axis=0)
+    """``x`` without repeated rows (first occurrences, original order; byte-exact)."""
+    x = np.ascontiguousarray(x)
+    seen: set[bytes] = set()
+    keep = []
+    for i in range(x.shape[0]):
+        key = hashlib.blake2b(x[i].data, digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return x if len(keep) == x.shape[0] else x[np.asarray(keep)]
 
 
 def _join(reasons: Sequence[str | None]) -> str | None:
@@ -272,7 +292,8 @@ def _gaussian_entropy(x: np.ndarray, normalize: bool) -> _Result:
     if reason:
         return _NAN, reason
     data = xn if normalize else _centred64(x)
-    cov, _ = ledoit_wolf(data, assume_centered=True)
+    with sklearn.config_context(skip_parameter_validation=True):
+        cov, _ = ledoit_wolf(data, assume_centered=True)
     eig = np.linalg.eigvalsh(np.atleast_2d(cov))
     if not np.all(eig > 0.0):
         return _NAN, "shrinkage covariance is not positive definite"
@@ -312,27 +333,40 @@ def _knn_entropy(
         return _NAN, reason
     data = xn if normalize else _centred64(x)
     scale = 1.0 if normalize else s
-    data = _subsample(data, max_points, seed)
+    value, note, _ = _knn_entropy_core(_subsample(data, max_points, seed), k, scale, seed)
+    return value, note
+
+
+def _knn_entropy_core(
+    data: np.ndarray, k: int, scale: float, seed: int
+) -> tuple[float, str | None, np.ndarray | None]:
+    """KL estimate on prepared (finite, non-constant) data; also returns the distances
+    (n, max(k, 2)) to the nearest neighbours of the un-jittered data, when computed."""
     n, d = data.shape
     rank = _numerical_rank(_covariance_eigenvalues(data - data.mean(axis=0)))
     if rank < d:
-        return _NAN, (f"knn entropy undefined: the {n} points span only {rank} of {d} dimensions")
-    eps = _nearest_distances(data, k)[:, k - 1]
+        return (
+            _NAN,
+            f"knn entropy undefined: the {n} points span only {rank} of {d} dimensions",
+            None,
+        )
+    dist = _nearest_distances(data, max(k, 2))
+    eps = dist[:, k - 1]
     note = None
     if np.any(eps <= 0.0):
         n_zero = int(np.count_nonzero(eps <= 0.0))
         rng = np.random.default_rng(seed)
-        data = data + rng.normal(scale=KNN_JITTER * scale, size=data.shape)
-        eps = _nearest_distances(data, k)[:, k - 1]
+        jittered = data + rng.normal(scale=KNN_JITTER * scale, size=data.shape)
+        eps = _nearest_distances(jittered, k)[:, k - 1]
         note = (
             f"knn entropy: {n_zero} points had {k} or more identical copies; "
             f"jittered by {KNN_JITTER:g} x the data scale"
         )
         if np.any(eps <= 0.0):
-            return _NAN, note + " and distances were still zero"
+            return _NAN, note + " and distances were still zero", dist
     log_unit_ball = 0.5 * d * math.log(math.pi) - float(gammaln(0.5 * d + 1.0))
     value = float(digamma(n)) - float(digamma(k)) + log_unit_ball + d * float(np.mean(np.log(eps)))
-    return (value, note) if np.isfinite(value) else (_NAN, "knn entropy overflowed")
+    return (value, note, dist) if np.isfinite(value) else (_NAN, "knn entropy overflowed", dist)
 
 
 def knn_entropy(
@@ -546,7 +580,7 @@ def image_intrinsic_dimension(images: Any, max_points: int = 2000, seed: int = 0
     if arr.shape[0] > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(arr.shape[0], max_points, replace=False))
         arr = arr[idx]
-    flat = _as_points(arr.reshape(arr.shape[0], -1), "images")
+    flat = _as_points(arr.reshape(arr.shape[0], math.prod(arr.shape[1:])), "images")
     data, _ = _prepare_for_id(flat, 3, None, seed)
     if data is None:
         return out
@@ -611,13 +645,26 @@ def latent_statistics(
                 "the shrinkage"
             )
     reasons.append(r)
-    value, r = _knn_entropy(x, k, True, max_points, seed)
-    out["latent_entropy_knn"] = value
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    xn, _, _ = _normalized(x)
+    sub = _subsample(xn, max_points, seed)
+    dist = None
+    if sub.shape[0] >= k + 2:
+        value, r, dist = _knn_entropy_core(sub, k, 1.0, seed)
+        out["latent_entropy_knn"] = value
+    else:
+        r = f"only {sub.shape[0]} points (need at least {k + 2})"
     reasons.append(r)
-    data, r = _prepare_for_id(x, 3, max_points, seed)
-    if data is not None:
-        value, r = _twonn_from_distances(_nearest_distances(data, 2), 0.1)
+    if dist is not None and _unique_rows(sub).shape[0] == sub.shape[0]:
+        # Same subsample, no duplicates: TwoNN reuses the kNN neighbour distances.
+        value, r = _twonn_from_distances(dist[:, :2], 0.1)
         out["latent_intrinsic_dim"] = value
+    else:
+        data, r = _prepare_for_id(x, 3, max_points, seed)
+        if data is not None:
+            value, r = _twonn_from_distances(_nearest_distances(data, 2), 0.1)
+            out["latent_intrinsic_dim"] = value
     reasons.append(r)
     out["latent_statistics_reason"] = _join(reasons)
     return out

@@ -79,21 +79,50 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
+def _ranked(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort once by decreasing score; true/false positives at every distinct threshold."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    t = np.asarray(targets).ravel().astype(bool)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, t_sorted = s[order], t[order]
+    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    tp = np.cumsum(t_sorted)[last_of_tie]
+    fp = np.cumsum(~t_sorted)[last_of_tie]
+    return s_sorted[last_of_tie], tp, fp
+
+
+def ranking_metrics(scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """AUROC, average precision and best Dice of ``scores`` against binary ``targets``
+    from a single sort (for millions of pixels). AUROC and AP equal scikit-learn's
+    ``roc_auc_score`` and ``average_precision_score``."""
+    thresholds, tp, fp = _ranked(scores, targets)
+    positives, negatives = tp[-1], fp[-1]
+    if positives == 0 or negatives == 0:
+        nan = float("nan")
+        return {"auc": nan, "ap": nan, "best_dice": nan, "dice_threshold": nan}
+    tpr = np.r_[0.0, tp / positives]
+    fpr = np.r_[0.0, fp / negatives]
+    auc = float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2))
+    precision = tp / (tp + fp)
+    ap = float(np.sum(np.diff(np.r_[0.0, tp / positives]) * precision))
+    dice = 2 * tp / (tp + fp + positives)
+    i = int(np.argmax(dice))
+    return {
+        "auc": auc,
+        "ap": ap,
+        "best_dice": float(dice[i]),
+        "dice_threshold": float(thresholds[i]),
+    }
+
+
 def dice_curve(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Dice of ``scores >= t`` for every distinct threshold t (exact, by sorting).
 
     Returns (thresholds, dice), thresholds in decreasing order.
     """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    t = np.asarray(targets).ravel().astype(bool)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, t_sorted = s[order], t[order]
-    tp = np.cumsum(t_sorted)
-    k = np.arange(1, len(s) + 1)
-    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-    positives = t.sum()
-    dice = 2 * tp[last_of_tie] / (k[last_of_tie] + positives)
-    return s_sorted[last_of_tie], dice
+    thresholds, tp, fp = _ranked(scores, targets)
+    positives = tp[-1] if len(tp) else 0
+    return thresholds, 2 * tp / (tp + fp + positives)
 
 
 def best_dice(scores: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
@@ -127,24 +156,18 @@ def pixel_metrics(
     """
     m = np.asarray(maps, dtype=np.float32).ravel()
     t = np.asarray(masks).ravel() > 0.5
-    if not t.any() or t.all():
-        return {
-            "pixel_ap": float("nan"),
-            "pixel_auc": float("nan"),
-            "best_dice": float("nan"),
-            "dice_threshold": float("nan"),
-            "dice_threshold_source": None,
-        }
+    ranked = ranking_metrics(m, t)
     out: dict[str, float | str | None] = {
-        "pixel_ap": float(average_precision_score(t, m)),
-        "pixel_auc": float(roc_auc_score(t, m)),
+        "pixel_ap": ranked["ap"],
+        "pixel_auc": ranked["auc"],
+        "best_dice": ranked["best_dice"],
+        "dice_threshold": ranked["dice_threshold"],
+        "dice_threshold_source": "test-optimal" if np.isfinite(ranked["auc"]) else None,
     }
-    if val_maps is not None and val_masks is not None and np.asarray(val_masks).any():
-        _, threshold = best_dice(val_maps, np.asarray(val_masks) > 0.5)
-        out["best_dice"] = dice_at(m, t, threshold)
-        out["dice_threshold"] = threshold
-        out["dice_threshold_source"] = "val"
-    else:
-        out["best_dice"], out["dice_threshold"] = best_dice(m, t)
-        out["dice_threshold_source"] = "test-optimal"
+    if out["dice_threshold_source"] and val_maps is not None and val_masks is not None:
+        if np.asarray(val_masks).any():
+            _, threshold = best_dice(val_maps, np.asarray(val_masks) > 0.5)
+            out["best_dice"] = dice_at(m, t, threshold)
+            out["dice_threshold"] = threshold
+            out["dice_threshold_source"] = "val"
     return out

@@ -95,7 +95,7 @@ class BranchTest:
             return f"n = {self.n} trials at {self.n_latent_dims} latent dims: {self.reason}"
         return (
             f"rho = {self.rho:+.2f} (95 % CI {self.ci_low:+.2f} to {self.ci_high:+.2f}, "
-            f"permutation p = {format_p(self.p_value)}, n = {self.n} trials at "
+            f"permutation p {_p_rel(self.p_value)}, n = {self.n} trials at "
             f"{self.n_latent_dims} latent dims)"
         )
 
@@ -173,10 +173,10 @@ class StratumVerdict:
         """A paragraph in words, with every verdict next to its n."""
         parts = [f"{self.stratum}: {self.best_text()}."]
         parts.append(
-            f"Over capacity (d >= d*): {self.over.verdict.upper()}, {self.over.describe()}."
+            f"Over capacity (d ≥ d*): {self.over.verdict.upper()}, {self.over.describe()}."
         )
         parts.append(
-            f"Under capacity (d <= d*): {self.under.verdict.upper()}, {self.under.describe()}."
+            f"Under capacity (d ≤ d*): {self.under.verdict.upper()}, {self.under.describe()}."
         )
         parts.append(f"All trials (mixes both branches): {self.overall.describe()}.")
         for p in self.predictions:
@@ -197,6 +197,11 @@ def format_p(p: float) -> str:
     if p < 0.001:
         return "< 0.001"
     return f"{p:.3f}"
+
+
+def _p_rel(p: float) -> str:
+    text = format_p(p)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def format_ratio(r: float) -> str:

@@ -249,6 +249,10 @@ _POS_INT = _Rule("int", low=1)
 _NONNEG_INT = _Rule("int", low=0)
 _NONNEG = _Rule("float", low=0)
 _POS = _Rule("float", low=0, low_open=True)
+_ANY = _Rule("any")
+
+# Model constructor arguments that the harness fills in from the data set.
+DATA_DEFINED_PARAMS = ("image_size", "in_channels")
 
 # The model params every model of ae4ad may take, in the order grids are expanded.
 MODEL_PARAM_RULES: dict[str, _Rule] = {
@@ -492,15 +496,32 @@ class Space:
 # --------------------------------------------------------------------------- registries
 
 
-def _model_registry() -> tuple[list[str], dict[str, list[str]]]:
-    """(model names, per-model param names); the fixed lists until ae4ad.models exists."""
+def _model_registry() -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(model names, per-model {param: default}); the fixed lists until ae4ad.models
+    exists. Parameters that come from the data (image size, channels) are left out."""
     try:
         models_module = importlib.import_module("ae4ad.models")
     except ImportError:
         return list(FALLBACK_MODELS), {}
     names = list(getattr(models_module, "MODELS", None) or FALLBACK_MODELS)
-    per_model = getattr(models_module, "MODEL_PARAMS", None) or {}
-    return names, {str(k): list(v) for k, v in dict(per_model).items()}
+    per_model: dict[str, dict[str, Any]] = {}
+    for model, params in dict(getattr(models_module, "MODEL_PARAMS", None) or {}).items():
+        defaults = dict(params) if isinstance(params, Mapping) else dict.fromkeys(params)
+        per_model[str(model)] = {k: v for k, v in defaults.items() if k not in DATA_DEFINED_PARAMS}
+    return names, per_model
+
+
+def _rule_for(key: str, default: Any) -> _Rule:
+    """The value rule of a model param: the known rule, else one from its default's type."""
+    if key in MODEL_PARAM_RULES:
+        return MODEL_PARAM_RULES[key]
+    if isinstance(default, bool):
+        return _Rule("bool")
+    if isinstance(default, int):
+        return _Rule("int")
+    if isinstance(default, float):
+        return _Rule("float")
+    return _ANY
 
 
 def _source_registry() -> dict[str, Callable | None]:
@@ -512,13 +533,19 @@ def _source_registry() -> dict[str, Callable | None]:
     return registry or dict.fromkeys(FALLBACK_SOURCES)
 
 
-def _loader_params(loader: Callable | None) -> list[str] | None:
-    """The keyword names a data source loader takes; None when it takes any."""
+def _loader_signature(loader: Callable | None) -> inspect.Signature | None:
     if loader is None:
         return None
     try:
-        sig = inspect.signature(loader)
+        return inspect.signature(loader)
     except (TypeError, ValueError):
+        return None
+
+
+def _loader_params(loader: Callable | None) -> list[str] | None:
+    """The keyword names a data source loader takes; None when it takes any."""
+    sig = _loader_signature(loader)
+    if sig is None:
         return None
     names = []
     for p in sig.parameters.values():
@@ -527,6 +554,19 @@ def _loader_params(loader: Callable | None) -> list[str] | None:
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
             names.append(p.name)
     return names
+
+
+def _takes_sequence(loader: Callable | None, name: str) -> bool:
+    """Whether the loader's parameter ``name`` is annotated as a tuple/list/sequence
+    (such a value is one fixed value given as a YAML list, e.g. a (low, high) pair)."""
+    sig = _loader_signature(loader)
+    if sig is None or name not in sig.parameters:
+        return False
+    annotation = sig.parameters[name].annotation
+    if annotation is inspect.Parameter.empty:
+        return False
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return re.search(r"\b(tuple|Tuple|list|List|Sequence)\b", text) is not None
 
 
 # --------------------------------------------------------------------------- YAML reading
@@ -642,7 +682,9 @@ def load_space(
 
 # --------------------------------------------------------------------------- overrides
 
-_OVERRIDE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*")
+_OVERRIDE_PATH = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*"
+)
 
 
 def _path_tokens(path: str) -> list[str | int]:
@@ -672,7 +714,7 @@ def apply_overrides(
     {'training': {'epochs': 5}, 'seeds': 3}
     """
     data = copy.deepcopy(dict(raw))
-    for override in overrides:
+    for override in overrides or ():
         where = f"{file_name}: override {override!r}"
         key, sep, text = str(override).partition("=")
         key = key.strip()
@@ -692,17 +734,20 @@ def apply_overrides(
             here = _dotted(tokens[: i + 1])
             if isinstance(token, int):
                 if not isinstance(node, list):
-                    raise SpaceError(
-                        f"{where}: {_dotted(tokens[:i])}: is not a list, got {node!r}"
-                    )
+                    raise SpaceError(f"{where}: {_dotted(tokens[:i])}: is not a list, got {node!r}")
                 if token >= len(node):
                     raise SpaceError(
                         f"{where}: {here}: no such entry ({_dotted(tokens[:i])} has "
                         f"{len(node)}), got index {token}"
                     )
+            elif isinstance(node, list):
+                parent = _dotted(tokens[:i])
+                raise SpaceError(
+                    f"{where}: {parent}: is a list; give an index like {parent}[0], "
+                    f"got key {token!r}"
+                )
             elif not isinstance(node, dict):
-                what = "a list; give an index, e.g. [0]" if isinstance(node, list) else "a mapping"
-                raise SpaceError(f"{where}: {_dotted(tokens[:i])}: is not {what}, got {node!r}")
+                raise SpaceError(f"{where}: {_dotted(tokens[:i])}: is not a mapping, got {node!r}")
             if last:
                 node[token] = value
             else:
@@ -770,9 +815,14 @@ def validate_space(
     name = raw.get("name", path.stem if path is not None else None)
     if name is None:
         raise ck.missing("name", "a study name made of letters, digits, '_', '.', '-'")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (
-        ".",
-        "..",
+    if (
+        not isinstance(name, str)
+        or not re.fullmatch(r"[A-Za-z0-9_.-]+", name)
+        or name
+        in (
+            ".",
+            "..",
+        )
     ):
         raise ck.fail("name", "expected a study name made of letters, digits, '_', '.', '-'", name)
     description = raw.get("description", "")
@@ -840,14 +890,20 @@ def _search(raw: Any, ck: _Checker) -> SearchSpec:
         return SearchSpec(type="grid")
     sampler = sec.get("sampler", "tpe")
     if sampler not in SAMPLERS:
-        raise ck.fail("search.sampler", f"unknown sampler (allowed: {', '.join(SAMPLERS)})", sampler)
+        raise ck.fail(
+            "search.sampler", f"unknown sampler (allowed: {', '.join(SAMPLERS)})", sampler
+        )
     if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise ck.fail(
-            "search.sampler", "the cmaes sampler needs the package 'cmaes' (pip install cmaes)", sampler
+            "search.sampler",
+            "the cmaes sampler needs the package 'cmaes' (pip install cmaes)",
+            sampler,
         )
     n_trials = sec.get("n_trials", 20)
     if not _is_int(n_trials) or n_trials < 1:
-        raise ck.fail("search.n_trials", "expected a positive integer (trials per stratum)", n_trials)
+        raise ck.fail(
+            "search.n_trials", "expected a positive integer (trials per stratum)", n_trials
+        )
     seed = sec.get("seed", 0)
     if not _is_int(seed) or seed < 0:
         raise ck.fail("search.seed", "expected an integer >= 0", seed)
@@ -947,7 +1003,9 @@ def _entries(raw: Any, section: str, what: str, ck: _Checker) -> list[dict]:
         raise ck.fail(section, f"expected a non-empty list of {what}", raw)
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict):
-            raise ck.fail(f"{section}[{i}]", "expected a mapping with name (and label, params)", entry)
+            raise ck.fail(
+                f"{section}[{i}]", "expected a mapping with name (and label, params)", entry
+            )
     return raw
 
 
@@ -964,7 +1022,9 @@ def _datasets(raw: Any, search_type: str, ck: _Checker, check_data: bool) -> lis
         source = entry["name"]
         if source not in sources:
             raise ck.fail(
-                f"{at}.name", f"unknown dataset source (allowed: {', '.join(sorted(sources))})", source
+                f"{at}.name",
+                f"unknown dataset source (allowed: {', '.join(sorted(sources))})",
+                source,
             )
         label = _label(entry.get("label"), source, f"{at}.label", ck)
         _unique_label(label, seen, f"{at}.label", "datasets", ck)
@@ -976,7 +1036,9 @@ def _datasets(raw: Any, search_type: str, ck: _Checker, check_data: bool) -> lis
         for key, value in params.items():
             if not isinstance(key, str):
                 raise ck.fail(f"{at}.params", "param names must be strings", key)
-            if isinstance(value, (list, dict)):
+            if isinstance(value, dict) or (
+                isinstance(value, list) and not _takes_sequence(sources[source], key)
+            ):
                 raise ck.fail(
                     f"{at}.params.{key}",
                     "data sets are built once, so their params take one fixed value "
@@ -991,6 +1053,9 @@ def _datasets(raw: Any, search_type: str, ck: _Checker, check_data: bool) -> lis
 
 
 def _check_data_root(source: str, params: Mapping[str, Any], at: str, ck: _Checker) -> None:
+    path = params.get("path")
+    if path is not None and (not isinstance(path, str) or not Path(path).expanduser().exists()):
+        raise ck.fail(f"{at}.params.path", "no such file or folder", path)
     root = params.get("root")
     if root is not None:
         if not isinstance(root, str) or not Path(root).expanduser().is_dir():
@@ -1029,11 +1094,18 @@ def _models(raw: Any, search_type: str, ck: _Checker) -> list[ModelSpec]:
         _unique_label(label, seen, f"{at}.label", "models", ck)
         seen[label] = i
         params_raw = ck.mapping(entry.get("params"), f"{at}.params", "model params")
-        allowed = per_model.get(model, list(MODEL_PARAM_RULES))
-        ck.keys(params_raw, allowed, f"{at}.params")
+        defaults = per_model.get(model, dict.fromkeys(MODEL_PARAM_RULES))
+        for key in params_raw:
+            if key in DATA_DEFINED_PARAMS:
+                raise ck.fail(
+                    f"{at}.params.{key}",
+                    f"set by the data (give datasets[i].params.{key} instead)",
+                    params_raw[key],
+                )
+        ck.keys(params_raw, list(defaults), f"{at}.params")
         params = {
             key: _param_spec(
-                value, f"{at}.params.{key}", MODEL_PARAM_RULES.get(key, _Rule("any")), search_type, ck
+                value, f"{at}.params.{key}", _rule_for(key, defaults[key]), search_type, ck
             )
             for key, value in params_raw.items()
         }
@@ -1204,7 +1276,9 @@ def grid_trials(space: Space) -> list[dict[str, Any]]:
     for stratum in strata(space):
         model_axes = _ordered(stratum.model.params, list(MODEL_PARAM_RULES))
         train_axes = _ordered(space.training_for(stratum.dataset), list(TRAINING_RULES))
-        axes = [("model", k, s) for k, s in model_axes] + [("training", k, s) for k, s in train_axes]
+        axes = [("model", k, s) for k, s in model_axes] + [
+            ("training", k, s) for k, s in train_axes
+        ]
         for combo in itertools.product(*[spec.values for _, _, spec in axes]):
             model_params: dict[str, Any] = {}
             training: dict[str, Any] = {}

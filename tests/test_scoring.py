@@ -78,3 +78,18 @@ def test_anomaly_maps():
     assert torch.allclose(anomaly_map(y, y, "ssim"), torch.zeros(1, 1, 16, 16), atol=1e-5)
     with pytest.raises(ValueError, match="unknown score 'l3'; allowed: l2, l1, ssim"):
         anomaly_map(x, x_hat, "l3")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4))
+def test_ranking_metrics_equal_sklearn_with_ties(seed, decimals):
+    from ae4ad.scoring import ranking_metrics
+
+    rng = np.random.default_rng(seed)
+    targets = rng.random(400) < 0.15
+    targets[:2] = [True, False]
+    scores = np.round(rng.random(400) + 0.3 * targets, decimals)  # coarse rounding = many ties
+    got = ranking_metrics(scores, targets)
+    assert got["auc"] == pytest.approx(roc_auc_score(targets, scores))
+    assert got["ap"] == pytest.approx(average_precision_score(targets, scores))
+    assert got["best_dice"] == pytest.approx(best_dice(scores, targets)[0])

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,4 +112,26 @@ def load_dataset(name: str, **params) -> AnomalyDataset:
         raise DataError(
             f"unknown dataset source {name!r}; allowed: {', '.join(sorted(DATA_SOURCES))}"
         )
-    return DATA_SOURCES[name](**params)
+    loader = DATA_SOURCES[name]
+    allowed = source_params(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise DataError(
+            f"dataset source {name!r} has no parameter {unknown[0]!r}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    return loader(**params)
+
+
+def source_params(name: str) -> dict[str, object]:
+    """The parameters a data source accepts, with their defaults."""
+    if name not in DATA_SOURCES:
+        raise DataError(
+            f"unknown dataset source {name!r}; allowed: {', '.join(sorted(DATA_SOURCES))}"
+        )
+    signature = inspect.signature(DATA_SOURCES[name])
+    return {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }

@@ -107,7 +107,7 @@ CHEST_FACTORS: tuple[Factor, ...] = (
 _SPLIT_IDS = {"train": 0, "val": 1, "test_normal": 2, "test_abnormal": 3}
 _STREAM_FACTORS, _STREAM_TEXTURE, _STREAM_NOISE, _STREAM_LESION = 0, 1, 2, 3
 _CHUNK_PIXELS = 2**18  # pixels rendered at once (keeps the working arrays in cache)
-_N_CANDIDATES = 32  # lesion centre candidates per image
+_N_CANDIDATES = 48  # lesion centre candidates per image
 _LESION_CONTRAST_DEFAULT = (0.3, 0.6)
 
 
@@ -231,7 +231,8 @@ def _chest_scene(x, y, f, w: float) -> dict[str, np.ndarray]:
 class _Variant:
     factors: tuple[Factor, ...]
     scene: Callable[..., dict[str, np.ndarray]]
-    box: tuple[float, float]  # half-extent in object coordinates of where lesions can be
+    box: tuple[float, float, float, float]  # x0, x1, y0, y1 (object coordinates) of lesions
+    rim: float  # the lesion's rim at rim * radius must lie in the lesion region
     description: str
 
 
@@ -239,13 +240,15 @@ _VARIANTS: dict[str, _Variant] = {
     "brain": _Variant(
         BRAIN_FACTORS,
         _brain_scene,
-        (0.62, 0.78),
+        (-0.62, 0.62, -0.78, 0.78),
+        1.0,
         "brain-MRI-like axial slice (skull, cortex, white matter, ventricles)",
     ),
     "chest": _Variant(
         CHEST_FACTORS,
         _chest_scene,
-        (0.65, 0.66),
+        (-0.62, 0.62, -0.68, 0.45),
+        0.5,
         "chest-X-ray-like frontal view (thorax, lungs, ribs, heart, spine)",
     ),
 }
@@ -415,22 +418,33 @@ def _factor_dict(values: np.ndarray, variant: str) -> dict[str, np.ndarray]:
 def _draw_lesions(
     factors: np.ndarray, p: PhantomParams, split: str, w: float
 ) -> dict[str, np.ndarray]:
-    """Lesion centre (image coordinates), radius, soft half-width and signed contrast."""
+    """Per image: lesion centre x, y and radius (image units) and signed contrast.
+
+    Of ``_N_CANDIDATES`` candidate centres, the first whose centre lies in tissue and
+    whose rim (8 points at the radius, or half of it for the narrower lung fields) lies
+    inside the lesion region is used; if none qualifies, the candidate that comes
+    closest.
+    """
     n = len(factors)
     var = _VARIANTS[p.variant]
-    rng = _rng(p.seed, split, _STREAM_LESION)
-    radius = rng.uniform(*p.lesion_radius, size=n) / 16.0  # 32-px pixels -> image units
-    contrast = rng.uniform(*p.lesion_contrast, size=n) * rng.choice([-1.0, 1.0], size=n)
-    cand = rng.uniform(-1.0, 1.0, size=(n, _N_CANDIDATES, 2)) * np.asarray(var.box)
+    # one row of uniforms per image, so image i does not depend on how many are drawn
+    u = _rng(p.seed, split, _STREAM_LESION).random((n, 3 + 2 * _N_CANDIDATES))
+    (r_lo, r_hi), (c_lo, c_hi) = p.lesion_radius, p.lesion_contrast
+    radius = (r_lo + u[:, 0] * (r_hi - r_lo)) / 16.0  # pixels at 32 x 32 -> image units
+    contrast = (c_lo + u[:, 1] * (c_hi - c_lo)) * np.where(u[:, 2] < 0.5, -1.0, 1.0)
+    x0, x1, y0, y1 = var.box
+    cand = u[:, 3:].reshape(n, _N_CANDIDATES, 2) * [x1 - x0, y1 - y0] + [x0, y0]
     f = _factor_dict(factors, p.variant)
     f64 = {k: v.astype(np.float64) for k, v in f.items()}
     cx, cy = _to_image(cand[..., 0], cand[..., 1], f64)  # N x C
-    # the centre must lie in tissue, and 8 points on the mask's rim inside the region
+    # the centre must lie in tissue, and 8 points on the lesion's rim inside the region
     ang = np.linspace(0.0, 2 * math.pi, 8, endpoint=False)
-    rx = cx[..., None] + radius[:, None, None] * np.cos(ang)
-    ry = cy[..., None] + radius[:, None, None] * np.sin(ang)
+    rim_radius = var.rim * radius[:, None, None]
+    rx = cx[..., None] + rim_radius * np.cos(ang)
+    ry = cy[..., None] + rim_radius * np.sin(ang)
     centre_ok = var.scene(cx, cy, f, w)["centre"]
-    rim = var.scene(rx.reshape(n, -1), ry.reshape(n, -1), f, w)["region"]
+    m = 8 * _N_CANDIDATES
+    rim = var.scene(rx.reshape(n, m), ry.reshape(n, m), f, w)["region"]
     rim_ok = rim.reshape(n, _N_CANDIDATES, 8).min(axis=-1)
     score = np.minimum(centre_ok, rim_ok)
     valid = score > 0.5
@@ -459,15 +473,19 @@ def _render_chunk(
     region = scene["region"]
     mask = np.zeros_like(img, dtype=bool)
     if lesions is not None:
-        r = lesions["radius"][:, None].astype(np.float32)
-        d = np.sqrt((x - lesions["x"][:, None]) ** 2 + (y - lesions["y"][:, None]) ** 2)
-        half = 0.35 * r + 1.0 / p.image_size  # soft edge: 0.35 r + half a pixel either side
-        profile = _inside(d - r, half) * scene["texture"]
-        img = img + lesions["contrast"][:, None].astype(np.float32) * profile
+        lx, ly, r, contrast = (
+            lesions[k][:, None].astype(np.float32) for k in ("x", "y", "radius", "contrast")
+        )
+        d = np.sqrt((x - lx) ** 2 + (y - ly) ** 2)
+        half = 0.35 * r + np.float32(1.0 / p.image_size)  # soft edge: 0.35 r + half a pixel
+        profile = _inside(d - r, half) * region
+        img = img + contrast * profile
         mask = profile > 0.5
-    img = img + p.texture * texture_field * scene["texture"] + p.noise * noise_field * scene[
-        "support"
-    ]
+    img = (
+        img
+        + p.texture * texture_field * scene["texture"]
+        + p.noise * noise_field * scene["support"]
+    )
     img = np.clip(img, 0.0, 1.0) * 2.0 - 1.0
     return img.astype(np.float32), mask, region > 0.5
 
@@ -490,7 +508,9 @@ def generate_images(
     """
     p = (params or PhantomParams()).validated()
     if split not in _SPLIT_IDS:
-        raise DataError(f"phantom: split={split!r} is not allowed; allowed: {', '.join(_SPLIT_IDS)}")
+        raise DataError(
+            f"phantom: split={split!r} is not allowed; allowed: {', '.join(_SPLIT_IDS)}"
+        )
     if not _is_int(n) or n < 0:
         raise DataError(f"phantom: n={n!r} is not allowed; n must be an int >= 0")
     s = p.image_size
@@ -581,7 +601,10 @@ def load_phantom(
     abnormal = generate_images(p.n_test_abnormal, "test_abnormal", p, lesions=True)
     test = torch.cat([normal.images, abnormal.images])
     labels = torch.cat(
-        [torch.zeros(p.n_test_normal, dtype=torch.long), torch.ones(p.n_test_abnormal, dtype=torch.long)]
+        [
+            torch.zeros(p.n_test_normal, dtype=torch.long),
+            torch.ones(p.n_test_abnormal, dtype=torch.long),
+        ]
     )
     var = _VARIANTS[p.variant]
     names = [fa.name for fa in var.factors]

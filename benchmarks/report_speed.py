@@ -1,0 +1,60 @@
+"""How long write_report takes and how big the page gets, on synthetic runs.
+
+Builds a 200-trial run (5 data sets x 8 latent_dims x 5 seeds) and a 1,000-trial run
+(5 data sets x 5 models x 8 latent_dims x 5 seeds), each with history, scores, examples
+and a few early-stopped trials, then times ``write_report`` (imports excluded; the first
+call also warms caches, so the best of ``--repeat`` calls is printed beside the first).
+
+Targets: under 10 MB for 200 trials; under 10 s for 1,000 trials.
+
+Run: ``python benchmarks/report_speed.py [--repeat 2] [--keep DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from study.report import make_synthetic_run, write_report  # noqa: E402
+
+CASES = {
+    200: dict(datasets=("RSNA", "VinDr-CXR", "BrainTumor", "BraTS2021", "phantom-k6"), seeds=5),
+    1000: dict(
+        datasets=("RSNA", "VinDr-CXR", "BrainTumor", "BraTS2021", "phantom-k6"),
+        models=("ae", "vae", "memae", "ceae", "constrained_ae"),
+        seeds=5,
+    ),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--keep", type=Path, default=None, help="write the runs here and keep them")
+    args = p.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="ae4ad-report-bench-"))
+    print(f"{'trials':>7} {'build s':>8} {'first s':>8} {'best s':>7} {'MB':>6}  run")
+    for n, spec in CASES.items():
+        spec = dict(spec)
+        seeds = range(spec.pop("seeds"))
+        t0 = time.perf_counter()
+        run = make_synthetic_run(
+            root / f"bench{n}", seeds=seeds, extra_statuses={"early-stopped": 5}, **spec
+        )
+        built = time.perf_counter() - t0
+        times = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            out = write_report(run)
+            times.append(time.perf_counter() - t0)
+        mb = out.stat().st_size / 1e6
+        print(f"{n:>7} {built:>8.1f} {times[0]:>8.2f} {min(times):>7.2f} {mb:>6.2f}  {out}")
+
+
+if __name__ == "__main__":
+    main()

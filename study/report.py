@@ -1,0 +1,1998 @@
+"""The interactive report of a study run: one self-contained HTML file that works offline.
+
+``write_report(run_dir)`` reads the result tables of ``runs/<study name>/`` (trials.parquet,
+and when present history.parquet, scores.parquet, examples.json, space.yaml, meta.json,
+optuna.db) and writes ``run_dir/report.html`` atomically. plotly.js is embedded once in the
+page head; every figure is a Plotly div. Missing optional tables turn their section into a
+"not available" note, never an error; a running or interrupted study, or a trial without a
+finished status, puts a "partial results" banner at the top.
+
+What the report shows (see docs/report.md): the hypothesis verdicts per data set and model
+(:mod:`study.hypothesis`), AUC/AP against latent_dim with the paper's Table 1 numbers beside
+matching data sets, latent entropy against AUC, reconstruction errors (the paper's Figure 3),
+pixel metrics, a methods comparison in the paper's Table 2 format, search diagnostics,
+example reconstructions and the run's facts.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> run = make_synthetic_run(Path(tempfile.mkdtemp()) / "demo", datasets=("toy",),
+    ...                          latent_dims=(2, 4, 8, 16), seeds=(0, 1))
+    >>> html = write_report(run).read_text(encoding="utf-8")
+    >>> "Verdicts" in html and html.count("plotly.js v") == 1
+    True
+
+Command line: ``python -m study.report RUN_DIR`` (re)writes the report of a run;
+``python -m study.report --demo DIR`` writes a synthetic run there first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import html
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import yaml
+from plotly.colors import qualitative, sample_colorscale
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from study import hypothesis as H
+
+__all__ = [
+    "REPORT_FILE",
+    "ENTROPY_LABELS",
+    "RunData",
+    "load_run",
+    "make_synthetic_run",
+    "render_report",
+    "write_report",
+]
+
+REPORT_FILE = "report.html"
+FINISHED_STATUSES = ("completed", "errored", "early-stopped", "diverged")
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+ENTROPY_LABELS: dict[str, str] = {
+    "latent_entropy_gaussian": "Gaussian latent entropy (nats, scale-free)",
+    "latent_entropy_knn": "k-NN latent entropy (nats, scale-free)",
+    "latent_effective_rank": "effective rank of the latents (dimensions)",
+    "latent_participation_ratio": "participation ratio of the latents (dimensions)",
+    "latent_intrinsic_dim": "intrinsic dimension of the latents (dimensions)",
+}
+METRIC_LABELS = {
+    "auc": "AUC",
+    "ap": "AP",
+    "pixel_ap": "pixel AP",
+    "best_dice": "best Dice",
+    "pixel_auc": "pixel AUC",
+}
+SCORE_UNITS = {"l2": "mean squared error", "l1": "mean absolute error", "ssim": "1 − SSIM"}
+RECON_SPLITS = (
+    ("recon_error_train_normal", "train, normal", "#1f77b4", "solid"),
+    ("recon_error_val_normal", "validation, normal", "#17becf", "dot"),
+    ("recon_error_test_normal", "test, normal", "#2ca02c", "solid"),
+    ("recon_error_test_abnormal", "test, abnormal", "#d62728", "solid"),
+)
+STATUS_COLOURS = {
+    "completed": "#2ca02c",
+    "early-stopped": "#ff7f0e",
+    "diverged": "#9467bd",
+    "errored": "#d62728",
+}
+DATASET_COLOURS = (
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#332288",
+    "#882255",
+    *qualitative.Dark24,
+)
+MODEL_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star-square")
+HOVER_KEYS = (
+    "trial_id",
+    "stratum",
+    "latent_dim",
+    "seed",
+    "hidden_dim",
+    "base_width",
+    "expansion",
+    "encoder_depth",
+    "decoder_depth",
+    "num_blocks",
+    "lr",
+    "batch_size",
+    "epochs",
+    "weight_decay",
+    "score",
+    "epochs_done",
+    "status",
+)
+PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"scale": 2}}
+TEMPLATE = go.layout.Template(
+    layout=dict(
+        font=dict(family="Inter, 'Helvetica Neue', Arial, sans-serif", size=13, color="#222"),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        colorway=list(DATASET_COLOURS[:8]),
+        xaxis=dict(showgrid=True, gridcolor="#e6e6e6", zeroline=False, linecolor="#888", ticks=""),
+        yaxis=dict(showgrid=True, gridcolor="#e6e6e6", zeroline=False, linecolor="#888", ticks=""),
+        hoverlabel=dict(font=dict(size=12)),
+        legend=dict(bgcolor="rgba(255,255,255,0.8)"),
+        margin=dict(l=70, r=30, t=60, b=60),
+    )
+)
+_TEMPLATE_JSON = TEMPLATE.to_plotly_json()
+NOT_AVAILABLE = "not available"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class RunData:
+    """Everything a report is drawn from; a missing table is None and noted in ``notes``."""
+
+    run_dir: Path
+    name: str
+    trials: pd.DataFrame | None = None
+    history: pd.DataFrame | None = None
+    scores: pd.DataFrame | None = None
+    examples: dict | None = None
+    space: dict | None = None
+    space_text: str | None = None
+    meta: dict | None = None
+    optuna_db: Path | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _read_table(path: Path, notes: dict[str, str], key: str) -> pd.DataFrame | None:
+    if not path.is_file():
+        notes[key] = f"{path.name} is missing"
+        return None
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - a broken optional table is reported, not raised
+        notes[key] = f"{path.name} could not be read ({type(exc).__name__}: {exc})"
+        return None
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Read the result tables of ``run_dir``; optional ones may be missing.
+
+    Raises ``FileNotFoundError`` when ``run_dir`` is not a folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"{run_dir}: no such run folder (expected <storage_path>/<study name>/ holding "
+            "trials.parquet)"
+        )
+    notes: dict[str, str] = {}
+    run = RunData(run_dir=run_dir, name=run_dir.name, notes=notes)
+    trials_path = run_dir / "trials.parquet"
+    if not trials_path.is_file() and (run_dir / "trials.csv").is_file():
+        trials_path = run_dir / "trials.csv"
+    run.trials = _read_table(trials_path, notes, "trials")
+    run.history = _read_table(run_dir / "history.parquet", notes, "history")
+    run.scores = _read_table(run_dir / "scores.parquet", notes, "scores")
+    ex_path = run_dir / "examples.json"
+    if ex_path.is_file():
+        try:
+            run.examples = json.loads(ex_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            notes["examples"] = f"examples.json could not be read ({exc})"
+    else:
+        notes["examples"] = "examples.json is missing"
+    sp_path = run_dir / "space.yaml"
+    if sp_path.is_file():
+        try:
+            run.space_text = sp_path.read_text(encoding="utf-8")
+            loaded = yaml.safe_load(run.space_text)
+            run.space = loaded if isinstance(loaded, dict) else None
+        except (OSError, yaml.YAMLError) as exc:
+            notes["space"] = f"space.yaml could not be read ({exc})"
+    else:
+        notes["space"] = "space.yaml is missing"
+    meta_path = run_dir / "meta.json"
+    if meta_path.is_file():
+        try:
+            loaded = json.loads(meta_path.read_text(encoding="utf-8"))
+            run.meta = loaded if isinstance(loaded, dict) else None
+        except (OSError, ValueError) as exc:
+            notes["meta"] = f"meta.json could not be read ({exc})"
+    else:
+        notes["meta"] = "meta.json is missing"
+    if (run_dir / "optuna.db").is_file():
+        run.optuna_db = run_dir / "optuna.db"
+    if run.space and isinstance(run.space.get("name"), str):
+        run.name = run.space["name"]
+    elif run.trials is not None and "study" in run.trials.columns and len(run.trials):
+        run.name = str(run.trials["study"].iloc[0])
+    return run
+
+
+def _paper_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    t1 = pd.read_csv(REFERENCE_DIR / "paper_table1_latent_dim.csv", comment="#")
+    t2 = pd.read_csv(REFERENCE_DIR / "paper_table2_methods.csv", comment="#")
+    return t1, t2
+
+
+def _norm_label(label: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(label).lower())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}" if math.isfinite(value) else "–"
+    return str(value)
+
+
+def _finite(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series, errors="coerce").replace([np.inf, -np.inf], np.nan)
+
+
+def _has_values(df: pd.DataFrame | None, col: str) -> bool:
+    return df is not None and col in df.columns and _finite(df[col]).notna().any()
+
+
+def _log2_axis(dims: Sequence[int], title: str = "latent dimension d (log2)") -> dict:
+    dims = sorted({int(d) for d in dims if d and d > 0})
+    if len(dims) > 12:  # keep tick labels readable: powers of two only
+        lo, hi = math.floor(math.log2(dims[0])), math.ceil(math.log2(dims[-1]))
+        dims = [2**k for k in range(lo, hi + 1)]
+    return dict(
+        type="log",
+        tickmode="array",
+        tickvals=dims,
+        ticktext=[str(d) for d in dims],
+        title=dict(text=title),
+    )
+
+
+def _stratum_series(df: pd.DataFrame) -> pd.Series:
+    if "stratum" in df.columns and df["stratum"].notna().all():
+        return df["stratum"].astype(str)
+    return df["dataset"].astype(str) + "/" + df["model"].astype(str)
+
+
+def _hover_text(df: pd.DataFrame) -> pd.Series:
+    """'key: value' lines of the trial's config for hover boxes."""
+    parts = []
+    for key in HOVER_KEYS:
+        if key in df.columns:
+            col = df[key]
+            if key in ("lr", "weight_decay"):
+                s = col.map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
+            else:
+                s = col.astype(str)
+            parts.append(f"{key}: " + s)
+    if not parts:
+        return pd.Series([""] * len(df), index=df.index)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + "<br>" + p
+    return out
+
+
+def _subsample(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    return df if len(df) <= n else df.sample(n=n, random_state=seed).sort_index()
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = max(1, min(n, max_cols))
+    return math.ceil(n / cols), cols
+
+
+def _axis_name(kind: str, i: int) -> str:
+    return kind if i == 1 else f"{kind}{i}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- page
+
+
+class _Page:
+    """Collects sections and figures; every figure becomes one Plotly div."""
+
+    def __init__(self) -> None:
+        self.sections: list[tuple[str, str, str]] = []  # (anchor, title, body html)
+        self.n_figures = 0
+
+    def figure(self, fig: go.Figure | dict, caption: str = "") -> str:
+        """The figure's div; ``fig`` may be a plain dict (``data``, ``layout``) built
+        without validation for speed."""
+        self.n_figures += 1
+        if isinstance(fig, dict):
+            fig = {"data": fig.get("data", []), "layout": dict(fig.get("layout", {}))}
+            fig["layout"]["template"] = _TEMPLATE_JSON
+        else:
+            fig.update_layout(template=TEMPLATE)
+        div = pio.to_html(
+            fig,
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"figure-{self.n_figures}",
+            config=PLOT_CONFIG,
+            default_width="100%",
+            validate=False,
+        )
+        cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+        return f'<figure class="fig">{div}{cap}</figure>'
+
+    def add(self, anchor: str, title: str, body: str) -> None:
+        self.sections.append((anchor, title, body))
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{text}</p>'
+
+
+def _na(what: str, why: str = "") -> str:
+    extra = f" ({_esc(why)})" if why else ""
+    return _note(f"{_esc(what)}: {NOT_AVAILABLE}{extra}.")
+
+
+def _table_html(df: pd.DataFrame, cls: str = "data", escape: bool = True) -> str:
+    head = "".join(f"<th>{_esc(c) if escape else c}</th>" for c in df.columns)
+    rows = []
+    for _, r in df.iterrows():
+        cells = "".join(f"<td>{_esc(_fmt(v)) if escape else v}</td>" for v in r.tolist())
+        rows.append(f"<tr>{cells}</tr>")
+    return (
+        f'<div class="tablewrap"><table class="{cls}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass
+class _Ctx:
+    run: RunData
+    done: pd.DataFrame  # completed trials with a latent_dim
+    all_trials: pd.DataFrame
+    verdicts: list[H.StratumVerdict]
+    colours: dict[str, str]
+    model_index: dict[str, int]
+    entropy_col: str
+    max_curves: int
+    page: _Page
+
+
+def _partial_reasons(run: RunData) -> list[str]:
+    reasons = []
+    status = (run.meta or {}).get("status")
+    if status in ("running", "interrupted"):
+        reasons.append(f"the study's status is “{_esc(status)}” (meta.json)")
+    t = run.trials
+    if t is not None and "status" in t.columns:
+        unfinished = int((~t["status"].isin(FINISHED_STATUSES)).sum())
+        if unfinished:
+            reasons.append(f"{unfinished} of {len(t)} trials have not finished")
+    return reasons
+
+
+def _verdict_badge(verdict: str, extra: str = "") -> str:
+    return f'<span class="badge {verdict} {extra}">{_esc(verdict)}</span>'
+
+
+def _branch_row(b: H.BranchTest, label: str) -> str:
+    mixed = "mixed" if b.branch == "global" else ""
+    ci = "–" if not math.isfinite(b.ci_low) else f"{b.ci_low:+.2f} to {b.ci_high:+.2f}"
+    rho = "–" if not math.isfinite(b.rho) else f"{b.rho:+.2f}"
+    dims = ", ".join(str(d) for d in b.latent_dims) or "–"
+    return (
+        f"<tr><td>{label}</td><td>{b.n}</td><td>{dims}</td><td>{rho}</td><td>{ci}</td>"
+        f"<td>{H.format_p(b.p_value)}</td><td>{_verdict_badge(b.verdict, mixed)}</td>"
+        f"<td class='reason'>{_esc(b.reason)}</td></tr>"
+    )
+
+
+def _section_verdicts(ctx: _Ctx) -> None:
+    if not ctx.verdicts:
+        why = ctx.run.notes.get("trials", "no completed trial with a latent_dim and an AUC")
+        ctx.page.add("verdicts", "Verdicts", _na("Hypothesis tests", why))
+        return
+    label = ENTROPY_LABELS.get(ctx.entropy_col, ctx.entropy_col)
+    parts = [
+        f"<p class='lead'>Hypothesis (Cai et al., MICCAI 2024): beyond the best latent "
+        f"dimension d*, <b>lower latent entropy gives better anomaly detection</b> (negative "
+        f"Spearman correlation of latent entropy and AUC over capacity, d ≥ d*); below d* the "
+        f"correlation should be positive. Entropy: <code>{_esc(ctx.entropy_col)}</code> "
+        f"({_esc(label)}). Intervals are 95 % bootstrap percentile intervals; p-values come "
+        f"from permutations; n counts completed trials.</p>"
+    ]
+    for v in ctx.verdicts:
+        colour = ctx.colours.get(v.dataset, "#444")
+        preds = []
+        for p in v.predictions:
+            if p.predicted is None:
+                preds.append(
+                    f"<tr><td>{_esc(p.method)}</td><td>–</td><td>{v.best_latent_dim or '–'}"
+                    f"</td><td>–</td><td class='reason'>{_esc(p.reason)}</td></tr>"
+                )
+            else:
+                preds.append(
+                    f"<tr><td>{_esc(p.method)}</td><td>{p.predicted}</td>"
+                    f"<td>{v.best_latent_dim or '–'}</td><td>{H.format_ratio(p.ratio)}</td>"
+                    f"<td class='reason'>{_esc(p.reason)}</td></tr>"
+                )
+        headline = (
+            f"Over capacity: {v.over.verdict} (n = {v.over.n}); "
+            f"under capacity: {v.under.verdict} (n = {v.under.n})"
+        )
+        parts.append(
+            f"""<div class="card" style="border-left-color:{colour}">
+<h3>{_esc(v.dataset)} <span class="muted">/ {_esc(v.model)}</span>
+{_verdict_badge(v.verdict)}</h3>
+<p class="headline">{_esc(headline)}.</p>
+<p class="best">{_esc(v.best_text())}.</p>
+<p class="summary">{_esc(v.summary())}</p>
+<div class="tablewrap"><table class="data verdict">
+<thead><tr><th>branch</th><th>n</th><th>latent dims</th><th>Spearman ρ</th><th>95 % CI</th>
+<th>p</th><th>verdict</th><th>why</th></tr></thead><tbody>
+{_branch_row(v.over, "over capacity (d ≥ d*): paper predicts ρ < 0")}
+{_branch_row(v.under, "under capacity (d ≤ d*): paper predicts ρ > 0")}
+{_branch_row(v.overall, "all trials (mixes both branches)")}
+</tbody></table></div>
+<div class="tablewrap"><table class="data pred">
+<thead><tr><th>label-free prediction of d*</th><th>predicted d</th><th>observed d*</th>
+<th>ratio</th><th>from</th></tr></thead><tbody>{"".join(preds)}</tbody></table></div>
+</div>"""
+        )
+    parts.append(_robustness_table(ctx))
+    ctx.page.add("verdicts", "Verdicts", "\n".join(parts))
+
+
+def _robustness_table(ctx: _Ctx) -> str:
+    """The over-capacity correlation for every entropy estimator (quick resampling)."""
+    cols = [c for c in ENTROPY_LABELS if _has_values(ctx.done, c)]
+    if len(cols) < 2:
+        return ""
+    rows = []
+    for v in ctx.verdicts:
+        g = ctx.done[ctx.done["_stratum"] == v.stratum]
+        if v.best_latent_dim is None:
+            continue
+        over = g[g["latent_dim"] >= v.best_latent_dim]
+        cells = [f"<td>{_esc(v.stratum)}</td>"]
+        for c in cols:
+            b = H.branch_test(
+                over,
+                branch="over-capacity",
+                expected_sign=-1,
+                entropy_col=c,
+                n_boot=400,
+                n_perm=400,
+            )
+            rho = "–" if not math.isfinite(b.rho) else f"{b.rho:+.2f}"
+            cells.append(f"<td>{rho} {_verdict_badge(b.verdict)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    return (
+        "<h3>Does the verdict depend on the estimator?</h3>"
+        "<p class='note'>Over-capacity Spearman ρ for each latent statistic (400 bootstrap "
+        "and 400 permutation resamples each).</p>"
+        f"<div class='tablewrap'><table class='data'><thead><tr><th>stratum</th>{head}</tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _agg(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    d = df[["_stratum", "dataset", "model", "latent_dim"]].copy()
+    d["v"] = _finite(df[metric])
+    d = d.dropna(subset=["v"])
+    return (
+        d.groupby(["_stratum", "dataset", "model", "latent_dim"], sort=False)["v"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+        .sort_values(["_stratum", "latent_dim"], kind="stable")
+    )
+
+
+def _curve_figure(
+    ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None, title: str
+) -> go.Figure:
+    fig = make_subplots(
+        rows=1,
+        cols=len(metrics),
+        subplot_titles=[f"{METRIC_LABELS.get(m, m)} vs latent dimension" for m in metrics],
+    )
+    df = ctx.done
+    hover = _hover_text(df)
+    dims_all = sorted(df["latent_dim"].unique())
+    for j, metric in enumerate(metrics, start=1):
+        agg = _agg(df, metric)
+        for stratum, g in agg.groupby("_stratum", sort=False):
+            ds, model = g["dataset"].iloc[0], g["model"].iloc[0]
+            colour = ctx.colours[ds]
+            k = ctx.model_index[model]
+            std = g["std"].fillna(0).to_numpy()
+            fig.add_trace(
+                go.Scatter(
+                    x=g["latent_dim"],
+                    y=g["mean"],
+                    error_y=dict(type="data", array=std, visible=True, thickness=1.2, width=4),
+                    mode="lines+markers",
+                    name=str(stratum),
+                    legendgroup=str(stratum),
+                    showlegend=j == 1,
+                    line=dict(color=colour, dash=MODEL_DASHES[k % len(MODEL_DASHES)], width=2.4),
+                    marker=dict(symbol=MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)], size=8),
+                    customdata=np.stack([std, g["count"]], axis=1),
+                    hovertemplate=(
+                        f"<b>{_esc(stratum)}</b><br>d = %{{x}}<br>{METRIC_LABELS.get(metric)}"
+                        " = %{y:.3f} ± %{customdata[0]:.3f} (n = %{customdata[1]})<extra></extra>"
+                    ),
+                ),
+                row=1,
+                col=j,
+            )
+            best = g.loc[g["mean"].idxmax()]
+            fig.add_trace(
+                go.Scatter(
+                    x=[best["latent_dim"]],
+                    y=[best["mean"]],
+                    mode="markers",
+                    marker=dict(
+                        symbol="star", size=18, color=colour, line=dict(color="black", width=1)
+                    ),
+                    name=f"best d ({stratum})",
+                    legendgroup=str(stratum),
+                    showlegend=False,
+                    hovertemplate=f"<b>best d for {_esc(stratum)}</b>: %{{x}}<br>"
+                    f"{METRIC_LABELS.get(metric)} = %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=j,
+            )
+            pts = df[df["_stratum"] == stratum]
+            y = _finite(pts[metric])
+            fig.add_trace(
+                go.Scatter(
+                    x=pts["latent_dim"],
+                    y=y,
+                    mode="markers",
+                    legendgroup=str(stratum),
+                    showlegend=False,
+                    name=f"trials ({stratum})",
+                    marker=dict(color=colour, size=5, opacity=0.35),
+                    text=hover.loc[pts.index],
+                    hovertemplate=f"{METRIC_LABELS.get(metric)} = %{{y:.3f}}<br>%{{text}}"
+                    "<extra></extra>",
+                ),
+                row=1,
+                col=j,
+            )
+        if paper is not None:
+            for ds in ctx.colours:
+                pp = paper[(paper["_norm"] == _norm_label(ds)) & (paper["metric"] == metric)]
+                if pp.empty:
+                    continue
+                pp = pp.sort_values("latent_dim")
+                fig.add_trace(
+                    go.Scatter(
+                        x=pp["latent_dim"],
+                        y=pp["mean"] / 100,
+                        mode="lines+markers",
+                        name=f"paper: {pp['dataset'].iloc[0]} (AE)",
+                        legendgroup=f"paper-{ds}",
+                        showlegend=j == 1,
+                        line=dict(color=ctx.colours[ds], dash="dot", width=1.5),
+                        marker=dict(size=5, symbol="circle-open"),
+                        opacity=0.7,
+                        hovertemplate="paper, d = %{x}: %{y:.3f}<extra></extra>",
+                    ),
+                    row=1,
+                    col=j,
+                )
+                dims_all = sorted(set(dims_all) | set(pp["latent_dim"].astype(int)))
+        fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), row=1, col=j)
+    for j in range(1, len(metrics) + 1):
+        fig.update_xaxes(**_log2_axis(dims_all), row=1, col=j)
+    fig.update_layout(
+        height=460,
+        title=dict(text=title, x=0.01),
+        legend=dict(orientation="h", y=-0.22),
+        hovermode="closest",
+    )
+    return fig
+
+
+def _table1(ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> str:
+    """Mean ± std ×100 per latent_dim (columns descending, as in the paper's Table 1);
+    best bold, second underlined; the paper's row under a study row of the same label."""
+    df = ctx.done
+    dims = sorted({int(d) for d in df["latent_dim"].unique()}, reverse=True)
+    paper_dims: list[int] = []
+    if paper is not None:
+        matched = paper[paper["_norm"].isin({_norm_label(d) for d in ctx.colours})]
+        paper_dims = sorted({int(d) for d in matched["latent_dim"].unique()}, reverse=True)
+    dims = sorted(set(dims) | set(paper_dims), reverse=True)
+
+    def cells(values: dict[int, tuple[float, float]]) -> str:
+        means = sorted({round(m, 10) for m, _ in values.values() if math.isfinite(m)}, reverse=True)
+        first = means[0] if means else None
+        second = means[1] if len(means) > 1 else None
+        out = []
+        for d in dims:
+            if d not in values or not math.isfinite(values[d][0]):
+                out.append("<td class='num'>–</td>")
+                continue
+            m, s = values[d]
+            txt = f"{m:.1f}" + (f" ± {s:.1f}" if math.isfinite(s) else "")
+            if first is not None and round(m, 10) == first:
+                txt = f"<b>{txt}</b>"
+            elif second is not None and round(m, 10) == second:
+                txt = f"<u>{txt}</u>"
+            out.append(f"<td class='num'>{txt}</td>")
+        return "".join(out)
+
+    rows = []
+    for v in ctx.verdicts:
+        g = df[df["_stratum"] == v.stratum]
+        for metric in metrics:
+            if not _has_values(g, metric):
+                continue
+            a = _agg(g, metric)
+            vals = {int(r.latent_dim): (100 * r.mean, 100 * r.std) for r in a.itertuples()}
+            rows.append(
+                f"<tr><td>{_esc(v.dataset)}</td><td>{_esc(v.model)}</td>"
+                f"<td>{METRIC_LABELS.get(metric, metric)}</td>{cells(vals)}</tr>"
+            )
+            if paper is not None:
+                pp = paper[(paper["_norm"] == _norm_label(v.dataset)) & (paper["metric"] == metric)]
+                if not pp.empty:
+                    pvals = {int(r.latent_dim): (r.mean, r.std) for r in pp.itertuples()}
+                    rows.append(
+                        f"<tr class='paper'><td>{_esc(pp['dataset'].iloc[0])}</td>"
+                        f"<td>paper (AE)</td><td>{METRIC_LABELS.get(metric, metric)}</td>"
+                        f"{cells(pvals)}</tr>"
+                    )
+    if not rows:
+        return ""
+    head = "".join(f"<th>d = {d}</th>" for d in dims)
+    return (
+        "<h3>Table 1 format: mean ± std over seeds, ×100</h3>"
+        "<p class='note'>Best per row in <b>bold</b>, second <u>underlined</u>. Grey rows are "
+        "the paper's published numbers (Cai et al. 2024, Table 1, 3 runs) for a data set of "
+        "the same label.</p>"
+        f"<div class='tablewrap'><table class='data t1'><thead><tr><th>data set</th>"
+        f"<th>model</th><th>metric</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table></div>"
+    )
+
+
+def _section_detection(ctx: _Ctx, paper1: pd.DataFrame | None) -> None:
+    if ctx.done.empty:
+        ctx.page.add("detection", "1. Detection vs latent dimension", _na("AUC and AP curves"))
+        return
+    metrics = [m for m in ("auc", "ap") if _has_values(ctx.done, m)]
+    fig = _curve_figure(ctx, metrics, paper1, "Image-level detection vs latent dimension")
+    body = ctx.page.figure(
+        fig,
+        "Mean ± std over seeds (lines, error bars); faint dots are single trials (hover for "
+        "the config); ★ marks the best latent dimension; dotted lines are the paper's numbers "
+        "for a data set of the same label.",
+    )
+    body += _table1(ctx, [*metrics, "pixel_ap", "best_dice"], paper1)
+    ctx.page.add("detection", "1. Detection vs latent dimension", body)
+
+
+def _section_entropy(ctx: _Ctx) -> None:
+    title = "2. Latent entropy vs AUC"
+    cols = [c for c in ENTROPY_LABELS if _has_values(ctx.done, c)]
+    if not cols:
+        ctx.page.add("entropy", title, _na("Latent statistics", "no latent_entropy_* columns"))
+        return
+    default = ctx.entropy_col if ctx.entropy_col in cols else cols[0]
+    datasets = list(ctx.colours)
+    nr, nc = _grid(len(datasets))
+    fig = make_subplots(
+        rows=nr,
+        cols=nc,
+        subplot_titles=datasets,
+        horizontal_spacing=0.08,
+        vertical_spacing=0.16 if nr > 1 else 0.1,
+    )
+    df = ctx.done
+    hover = _hover_text(df)
+    log_d = np.log2(df["latent_dim"].astype(float))
+    dims = sorted(df["latent_dim"].unique())
+    traces_x: dict[str, list] = {c: [] for c in cols}
+    for i, ds in enumerate(datasets):
+        r, c = divmod(i, nc)
+        for model, g in df[df["dataset"] == ds].groupby("model", sort=False):
+            k = ctx.model_index[model]
+            y = _finite(g["auc"])
+            fig.add_trace(
+                go.Scatter(
+                    x=_finite(g[default]),
+                    y=y,
+                    mode="markers",
+                    name=f"{ds}/{model}",
+                    showlegend=len(ctx.model_index) > 1,
+                    marker=dict(
+                        color=log_d.loc[g.index],
+                        coloraxis="coloraxis",
+                        size=8,
+                        symbol=MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)],
+                        opacity=0.85,
+                        line=dict(width=0.5, color="#333"),
+                    ),
+                    text=hover.loc[g.index],
+                    hovertemplate="latent statistic = %{x:.3g}<br>AUC = %{y:.3f}<br>%{text}"
+                    "<extra></extra>",
+                ),
+                row=r + 1,
+                col=c + 1,
+            )
+            for col in cols:
+                vals = _finite(g[col]).round(5)
+                traces_x[col].append([None if pd.isna(v) else float(v) for v in vals])
+        fig.update_yaxes(title_text="AUC", row=r + 1, col=1)
+    n_axes = nr * nc
+    buttons = []
+    for col in cols:
+        relabel = {
+            f"{_axis_name('xaxis', i)}.title.text": ENTROPY_LABELS[col]
+            for i in range(1, n_axes + 1)
+        }
+        buttons.append(dict(label=col, method="update", args=[{"x": traces_x[col]}, relabel]))
+    fig.update_xaxes(title_text=ENTROPY_LABELS[default])
+    lo, hi = float(np.log2(min(dims))), float(np.log2(max(dims)))
+    fig.update_layout(
+        height=max(420, 360 * nr + 80),
+        title=dict(text="Latent statistic vs AUC, coloured by latent dimension", x=0.01),
+        coloraxis=dict(
+            colorscale="Viridis",
+            cmin=lo,
+            cmax=hi if hi > lo else lo + 1,
+            colorbar=dict(
+                title=dict(text="d"),
+                tickmode="array",
+                tickvals=[float(np.log2(d)) for d in dims],
+                ticktext=[str(d) for d in dims],
+                len=0.9,
+            ),
+        ),
+        updatemenus=[
+            dict(
+                buttons=buttons,
+                direction="down",
+                x=1.0,
+                xanchor="right",
+                y=1.0,
+                yanchor="bottom",
+                pad=dict(b=30),
+                showactive=True,
+                active=cols.index(default),
+            )
+        ],
+        legend=dict(orientation="h", y=-0.15),
+    )
+    body = ctx.page.figure(
+        fig,
+        "Each dot is a completed trial (hover for its config). Pick the latent statistic with "
+        "the menu at the top right. The paper predicts AUC to fall as entropy grows beyond the "
+        "best latent dimension.",
+    )
+    ctx.page.add("entropy", title, body)
+
+
+def _score_unit(df: pd.DataFrame) -> str:
+    if "score" in df.columns and df["score"].nunique() == 1:
+        return SCORE_UNITS.get(str(df["score"].iloc[0]), "reconstruction error")
+    return "reconstruction error"
+
+
+def _section_recon(ctx: _Ctx) -> None:
+    title = "3. Reconstruction error vs latent dimension"
+    splits = [s for s in RECON_SPLITS if _has_values(ctx.done, s[0])]
+    if not splits:
+        ctx.page.add("recon", title, _na("Reconstruction errors", "no recon_error_* columns"))
+        return
+    strata = [v.stratum for v in ctx.verdicts][:12]
+    nr, nc = _grid(len(strata))
+    fig = make_subplots(
+        rows=nr,
+        cols=nc,
+        subplot_titles=strata,
+        horizontal_spacing=0.07,
+        vertical_spacing=0.16 if nr > 1 else 0.1,
+    )
+    unit = _score_unit(ctx.done)
+    for i, stratum in enumerate(strata):
+        r, c = divmod(i, nc)
+        g = ctx.done[ctx.done["_stratum"] == stratum]
+        for col, label, colour, dash in splits:
+            if not _has_values(g, col):
+                continue
+            a = _agg(g, col)
+            fig.add_trace(
+                go.Scatter(
+                    x=a["latent_dim"],
+                    y=a["mean"],
+                    name=label,
+                    legendgroup=label,
+                    showlegend=i == 0,
+                    mode="lines+markers",
+                    line=dict(color=colour, dash=dash, width=2.2),
+                    marker=dict(size=6),
+                    error_y=dict(
+                        type="data", array=a["std"].fillna(0), visible=True, thickness=1, width=3
+                    ),
+                    hovertemplate=f"{label}<br>d = %{{x}}<br>{unit} = %{{y:.4g}}<extra></extra>",
+                ),
+                row=r + 1,
+                col=c + 1,
+            )
+        fig.update_xaxes(**_log2_axis(g["latent_dim"].unique()), row=r + 1, col=c + 1)
+        if c == 0:
+            fig.update_yaxes(title_text=unit, row=r + 1, col=1)
+    fig.update_layout(
+        height=max(400, 340 * nr + 80),
+        legend=dict(orientation="h", y=-0.18),
+        title=dict(text="Reconstruction error by split (the paper's Figure 3)", x=0.01),
+    )
+    body = ctx.page.figure(
+        fig,
+        "Mean ± std over seeds of the per-image reconstruction error. Over capacity the "
+        "abnormal error falls towards the normal one: the autoencoder starts to reconstruct "
+        "anomalies too.",
+    )
+    ctx.page.add("recon", title, body)
+
+
+def _section_pixel(ctx: _Ctx) -> None:
+    title = "4. Pixel-level segmentation vs latent dimension"
+    metrics = [m for m in ("pixel_ap", "best_dice") if _has_values(ctx.done, m)]
+    if not metrics:
+        ctx.page.add("pixel", title, _na("Pixel AP and best Dice", "no data set with masks"))
+        return
+    sub = ctx.done[ctx.done[metrics].apply(_finite).notna().any(axis=1)]
+    sub_ctx = _Ctx(**{**ctx.__dict__, "done": sub})
+    fig = _curve_figure(sub_ctx, metrics, None, "Pixel-level metrics vs latent dimension")
+    body = ctx.page.figure(fig, "Mean ± std over seeds; only data sets with anomaly masks.")
+    ctx.page.add("pixel", title, body)
+
+
+def _section_methods(ctx: _Ctx, paper2: pd.DataFrame | None) -> None:
+    title = "5. Methods comparison"
+    models = list(ctx.model_index)
+    if len(models) < 2:
+        ctx.page.add(
+            "methods",
+            title,
+            _note(
+                f"One model only ({_esc(', '.join(models)) or '–'})"
+                ": a methods comparison needs several."
+            ),
+        )
+        return
+    df = ctx.done
+    datasets = list(ctx.colours)
+    metrics = [m for m in ("auc", "ap", "pixel_ap", "best_dice") if _has_values(df, m)]
+    common = sorted(set.intersection(*[set(g["latent_dim"]) for _, g in df.groupby("model")]))
+    common_d = 16 if 16 in common else (common[len(common) // 2] if common else None)
+    rows: list[tuple[str, str, dict]] = []  # (row label, css class, {(ds, metric): text})
+    values: dict[tuple[str, str], list[float]] = {}
+    best_d = {(v.dataset, v.model): v.best_latent_dim for v in ctx.verdicts}
+    for model in models:
+        settings = [("common", common_d)] if common_d is not None else []
+        settings.append(("best", None))
+        for kind, d in settings:
+            cells = {}
+            for ds in datasets:
+                dd = d if kind == "common" else best_d.get((ds, model))
+                g = df[(df["dataset"] == ds) & (df["model"] == model) & (df["latent_dim"] == dd)]
+                for m in metrics:
+                    x = _finite(g[m]).dropna() if len(g) else pd.Series(dtype=float)
+                    if x.empty:
+                        continue
+                    mean, std = 100 * x.mean(), 100 * x.std()
+                    txt = f"{mean:.1f}" + (f" ± {std:.1f}" if math.isfinite(std) else "")
+                    if kind == "best":
+                        txt += f" <span class='muted'>(d={dd})</span>"
+                    cells[(ds, m)] = (mean, txt)
+                    values.setdefault((ds, m), []).append(round(mean, 10))
+            label = f"{model} (d = {common_d})" if kind == "common" else f"{model} (best d)"
+            rows.append((label, "", cells))
+    if paper2 is not None:
+        for method in ("ae", "vae", "memae", "ceae", "ae_dopt"):
+            cells = {}
+            for ds in datasets:
+                pp = paper2[(paper2["_norm"] == _norm_label(ds)) & (paper2["method"] == method)]
+                for r in pp.itertuples():
+                    if r.metric in metrics:
+                        cells[(ds, r.metric)] = (None, f"{r.mean:.1f} ± {r.std:.1f}")
+            if cells:
+                lab = "paper: AE, d_opt" if method == "ae_dopt" else f"paper: {method} (d = 16)"
+                rows.append((lab, "paper", cells))
+    head1 = "".join(f"<th colspan='{len(metrics)}'>{_esc(ds)}</th>" for ds in datasets)
+    head2 = "".join(f"<th>{METRIC_LABELS[m]}</th>" for _ in datasets for m in metrics)
+    body_rows = []
+    for label, cls, cells in rows:
+        tds = []
+        for ds in datasets:
+            for m in metrics:
+                if (ds, m) not in cells:
+                    tds.append("<td class='num'>–</td>")
+                    continue
+                mean, txt = cells[(ds, m)]
+                if mean is not None and round(mean, 10) == max(values[(ds, m)]):
+                    txt = f"<b>{txt}</b>"
+                tds.append(f"<td class='num'>{txt}</td>")
+        body_rows.append(f"<tr class='{cls}'><td>{_esc(label)}</td>{''.join(tds)}</tr>")
+    body = (
+        "<p class='note'>Table 2 format: mean ± std ×100 over seeds at a latent dimension "
+        "shared by all models and at each model's best one; the best study value per column "
+        "in <b>bold</b>. Grey rows: the paper's Table 2 for a data set of the same label.</p>"
+        f"<div class='tablewrap'><table class='data t2'><thead><tr><th rowspan='2'>method"
+        f"</th>{head1}</tr><tr>{head2}</tr></thead><tbody>{''.join(body_rows)}</tbody>"
+        "</table></div>"
+    )
+    ctx.page.add("methods", title, body)
+
+
+def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    try:
+        import optuna
+        from optuna.importance import FanovaImportanceEvaluator
+    except ImportError:
+        return "", ["optuna is not installed"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{ctx.run.optuna_db.resolve()}"
+    try:
+        names = sorted(optuna.get_all_study_names(storage=url))
+    except Exception as exc:  # noqa: BLE001 - a broken database is reported, not raised
+        return "", [f"optuna.db could not be read ({type(exc).__name__}: {exc})"]
+    names = names[:8]
+    if not names:
+        return "", ["optuna.db holds no study"]
+    fig = make_subplots(
+        rows=len(names),
+        cols=2,
+        column_widths=[0.62, 0.38],
+        horizontal_spacing=0.14,
+        vertical_spacing=min(0.12, 0.5 / max(1, len(names))),
+        subplot_titles=[
+            t for n in names for t in (f"{n}: optimisation history", f"{n}: parameter importance")
+        ],
+    )
+    for i, name in enumerate(names, start=1):
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+            trials = [
+                t
+                for t in study.get_trials(deepcopy=False)
+                if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+            ]
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"study {name!r} could not be loaded ({exc})")
+            continue
+        if not trials:
+            notes.append(f"study {name!r} has no completed trial")
+            continue
+        direction = study.direction.name.lower()
+        x = [t.number for t in trials]
+        y = [float(t.value) for t in trials]
+        run_best = np.maximum.accumulate(y) if direction == "maximize" else np.minimum.accumulate(y)
+        txt = ["<br>".join(f"{k}: {v}" for k, v in t.params.items()) for t in trials]
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="markers",
+                name="trial value",
+                marker=dict(color="#0072B2", size=6),
+                showlegend=i == 1,
+                legendgroup="value",
+                text=txt,
+                hovertemplate="trial %{x}: %{y:.4f}<br>%{text}<extra></extra>",
+            ),
+            row=i,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=run_best,
+                mode="lines",
+                name="best so far",
+                line=dict(color="#D55E00", width=2, shape="hv"),
+                showlegend=i == 1,
+                legendgroup="best",
+            ),
+            row=i,
+            col=1,
+        )
+        fig.update_xaxes(title_text="trial number", row=i, col=1)
+        fig.update_yaxes(title_text="objective (AUC)", row=i, col=1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = optuna.importance.get_param_importances(
+                    study, evaluator=FanovaImportanceEvaluator(seed=0, n_trees=32)
+                )
+        except Exception as exc:  # noqa: BLE001 - too few trials or one parameter
+            notes.append(f"{name}: parameter importances {NOT_AVAILABLE} ({exc})")
+            imp = {}
+        if imp:
+            keys = list(imp)[::-1]
+            fig.add_trace(
+                go.Bar(
+                    x=[imp[k] for k in keys],
+                    y=keys,
+                    orientation="h",
+                    marker_color="#009E73",
+                    showlegend=False,
+                    hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+                ),
+                row=i,
+                col=2,
+            )
+            fig.update_xaxes(title_text="importance (fANOVA)", row=i, col=2)
+    fig.update_layout(
+        height=300 * len(names) + 120,
+        legend=dict(orientation="h", y=-0.08),
+        title=dict(text="Optuna search per stratum", x=0.01),
+    )
+    return ctx.page.figure(
+        fig,
+        "From optuna.db: objective per trial and the best so far; "
+        "fANOVA importance of each searched parameter.",
+    ), notes
+
+
+def _learning_curves(ctx: _Ctx) -> str:
+    hist = ctx.run.history
+    if hist is None or not {"trial_id", "epoch", "auc"} <= set(hist.columns):
+        why = ctx.run.notes.get("history", "history.parquet has no trial_id/epoch/auc")
+        return _na("Learning curves", why)
+    h = hist[["trial_id", "epoch", "auc"]].copy()
+    h["auc"] = _finite(h["auc"])
+    h = h.dropna(subset=["epoch"])
+    t = ctx.all_trials
+    if "trial_id" not in t.columns:
+        return _na("Learning curves", "the trials table has no trial_id")
+    keep = ["trial_id", "_stratum", "latent_dim", "seed", "status"]
+    meta = t[[c for c in keep if c in t.columns]].drop_duplicates("trial_id")
+    h = h.merge(meta, on="trial_id", how="inner")
+    h = h[pd.to_numeric(h["latent_dim"], errors="coerce").notna()]
+    if h.empty:
+        return _na("Learning curves", "no history rows match the trials")
+    ids = pd.Series(h["trial_id"].unique())
+    shown = ids if len(ids) <= ctx.max_curves else ids.sample(ctx.max_curves, random_state=0)
+    h = h[h["trial_id"].isin(set(shown))].sort_values(["trial_id", "epoch"])
+    strata = list(dict.fromkeys(v.stratum for v in ctx.verdicts)) or list(h["_stratum"].unique())
+    strata = [s for s in strata if s in set(h["_stratum"])][:12]
+    nr, nc = _grid(len(strata))
+    fig = make_subplots(
+        rows=nr,
+        cols=nc,
+        subplot_titles=strata,
+        horizontal_spacing=0.07,
+        vertical_spacing=0.16 if nr > 1 else 0.1,
+    )
+    dims = sorted(int(d) for d in h["latent_dim"].unique())
+    lo, hi = math.log2(dims[0]), math.log2(dims[-1])
+    span = hi - lo if hi > lo else 1.0
+    colours = {d: sample_colorscale("Viridis", [(math.log2(d) - lo) / span])[0] for d in dims}
+    for i, stratum in enumerate(strata):
+        r, c = divmod(i, nc)
+        g = h[h["_stratum"] == stratum]
+        for d, gd in g.groupby("latent_dim", sort=True):
+            xs: list = []
+            ys: list = []
+            texts: list = []
+            for tid, gt in gd.groupby("trial_id", sort=False):
+                seed = gt["seed"].iloc[0] if "seed" in gt.columns else ""
+                status = gt["status"].iloc[0] if "status" in gt.columns else ""
+                xs += [*gt["epoch"].tolist(), None]
+                ys += [*[None if pd.isna(v) else round(float(v), 4) for v in gt["auc"]], None]
+                label = f"trial {tid}<br>d = {int(d)}, seed {seed}<br>{status}"
+                texts += [label] * len(gt) + [None]
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    text=texts,
+                    mode="lines",
+                    name=f"d = {int(d)}",
+                    legendgroup=f"d{int(d)}",
+                    showlegend=i == 0,
+                    line=dict(color=colours[int(d)], width=1.3),
+                    opacity=0.8,
+                    hovertemplate="%{text}<br>epoch %{x}: AUC %{y:.3f}<extra></extra>",
+                ),
+                row=r + 1,
+                col=c + 1,
+            )
+        fig.update_xaxes(title_text="epoch", row=r + 1, col=c + 1)
+        if c == 0:
+            fig.update_yaxes(title_text="AUC", row=r + 1, col=1)
+    fig.update_layout(
+        height=max(380, 320 * nr + 80),
+        title=dict(text="Learning curves: test AUC per evaluation", x=0.01),
+        legend=dict(title=dict(text="latent dim")),
+    )
+    cap = f"{len(shown)} of {len(ids)} trials shown"
+    cap += " (a fixed random subset)." if len(shown) < len(ids) else "."
+    return ctx.page.figure(fig, cap)
+
+
+def _section_search(ctx: _Ctx) -> None:
+    title = "6. Search diagnostics"
+    parts = []
+    if ctx.run.optuna_db is not None:
+        fig_html, notes = _optuna_figure(ctx)
+        parts.append(fig_html)
+        parts += [_note(_esc(n)) for n in notes]
+    else:
+        parts.append(
+            _na(
+                "Optuna optimisation history and parameter importances",
+                "no optuna.db: a grid search",
+            )
+        )
+    t = ctx.all_trials
+    if "status" in t.columns and len(t):
+        counts = pd.crosstab(t["_stratum"], t["status"]).reset_index()
+        counts = counts.rename(columns={"_stratum": "stratum"})
+        parts.append("<h3>Trials by status</h3>" + _table_html(counts))
+        stopped = t[t["status"].isin(["early-stopped", "diverged", "errored"])]
+        if len(stopped):
+            cols = [
+                c
+                for c in (
+                    "trial_id",
+                    "stratum",
+                    "latent_dim",
+                    "seed",
+                    "status",
+                    "epochs_done",
+                    "best_auc",
+                    "error",
+                )
+                if c in stopped.columns
+            ]
+            shown = stopped[cols].head(50).copy()
+            if "error" in shown.columns:
+                shown["error"] = shown["error"].map(
+                    lambda e: "" if e is None or pd.isna(e) else str(e)[:160]
+                )
+            more = f" (first 50 of {len(stopped)})" if len(stopped) > 50 else ""
+            parts.append(
+                f"<h3>Trials stopped early, diverged or errored{more}</h3>" + _table_html(shown)
+            )
+        else:
+            parts.append(_note("No trial was stopped early, diverged or errored."))
+    parts.append(_learning_curves(ctx))
+    ctx.page.add("search", title, "\n".join(parts))
+
+
+def _image_2d(a: Any, max_side: int = 64) -> np.ndarray | None:
+    arr = np.asarray(a, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr.mean(axis=0)
+    if arr.ndim != 2 or arr.size == 0:
+        return None
+    step = max(1, math.ceil(max(arr.shape) / max_side))
+    if step > 1:
+        h, w = (arr.shape[0] // step) * step, (arr.shape[1] // step) * step
+        arr = arr[:h, :w].reshape(h // step, step, w // step, step).mean(axis=(1, 3))
+    return np.round(arr, 3).astype(np.float32)
+
+
+def _pick_example_trials(ctx: _Ctx, v: H.StratumVerdict) -> list[tuple[str, int, str]]:
+    ex = ctx.run.examples or {}
+    g = ctx.done[(ctx.done["_stratum"] == v.stratum) & ctx.done["trial_id"].astype(str).isin(ex)]
+    if g.empty:
+        return []
+    dims = sorted(g["latent_dim"].unique())
+    wanted = [("small", dims[0]), ("best", v.best_latent_dim), ("large", dims[-1])]
+    out, seen = [], set()
+    for label, d in wanted:
+        if d is None or d in seen:
+            continue
+        gd = g[g["latent_dim"] == d]
+        if gd.empty:
+            continue
+        seen.add(d)
+        row = gd.sort_values("seed").iloc[0] if "seed" in gd.columns else gd.iloc[0]
+        out.append((str(row["trial_id"]), int(d), label))
+    return out
+
+
+def _typed(arr: np.ndarray) -> dict:
+    """A float32 array as plotly.js's typed-array spec (base64), compact in the page."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return {
+        "dtype": "f4",
+        "bdata": base64.b64encode(arr.tobytes()).decode("ascii"),
+        "shape": ", ".join(str(n) for n in arr.shape),
+    }
+
+
+def _grid_domains(
+    rows: int, cols: int, hspace: float, vspace: float
+) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
+    """(axis number, x domain, y domain) of a rows x cols grid, row-major, row 1 on top."""
+    w = (1 - hspace * (cols - 1)) / cols
+    h = (1 - vspace * (rows - 1)) / rows
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            x0 = c * (w + hspace)
+            y1 = 1 - r * (h + vspace)
+            out.append((r * cols + c + 1, (x0, x0 + w), (y1 - h, y1)))
+    return out
+
+
+def _examples_figure(ctx: _Ctx, v: H.StratumVerdict, picks, n_per_class: int = 3) -> str:
+    """One row per test image; columns: input, mask, and reconstruction and anomaly map at
+    the small, best and large latent dimension. Built as a plain dict: dozens of small
+    heatmaps go through plotly's validation slowly."""
+    ex = ctx.run.examples
+    first = ex[picks[0][0]]
+    labels = list(first.get("labels") or [])
+    rows_idx = [i for i, y in enumerate(labels) if y == 0][:n_per_class]
+    rows_idx += [i for i, y in enumerate(labels) if y == 1][:n_per_class]
+    if not rows_idx:
+        return ""
+    has_mask = first.get("masks") is not None
+    col_specs: list[tuple[str, str, str | None]] = [("input", "inputs", None)]
+    if has_mask:
+        col_specs.append(("mask", "masks", None))
+    for tid, d, label in picks:
+        col_specs.append((f"reconstruction<br>d = {d} ({label})", "reconstructions", tid))
+        col_specs.append((f"anomaly map<br>d = {d}", "anomaly_maps", tid))
+    n_rows, n_cols = len(rows_idx), len(col_specs)
+    cells = _grid_domains(n_rows, n_cols, hspace=0.008, vspace=0.02)
+    maps = []
+    for _, key, tid in col_specs:
+        if key == "anomaly_maps":
+            arr = ex[tid].get(key) or []
+            maps += [np.asarray(arr[i], dtype=np.float32).ravel() for i in rows_idx if i < len(arr)]
+    vmax = float(np.nanpercentile(np.concatenate(maps), 99)) if maps else 1.0
+    if not math.isfinite(vmax) or vmax <= 0:
+        vmax = 1.0
+    data: list[dict] = []
+    layout: dict[str, Any] = {}
+    annotations = []
+    for c, (clabel, key, tid) in enumerate(col_specs):
+        src = ex[tid] if tid is not None else first
+        arr = src.get(key) or []
+        what = clabel.replace("<br>", ", ")
+        _, (x0, x1), _ = cells[c]
+        annotations.append(
+            dict(
+                text=clabel,
+                x=(x0 + x1) / 2,
+                y=1.0,
+                xref="paper",
+                yref="paper",
+                yanchor="bottom",
+                showarrow=False,
+                font=dict(size=11),
+            )
+        )
+        for r, i in enumerate(rows_idx):
+            k, xd, yd = cells[r * n_cols + c]
+            xa, ya = _axis_name("xaxis", k), _axis_name("yaxis", k)
+            layout[xa] = dict(domain=xd, anchor=f"y{k}", visible=False)
+            layout[ya] = dict(
+                domain=yd,
+                anchor=f"x{k}",
+                autorange="reversed",
+                scaleanchor=f"x{k}",
+                constrain="domain",
+                showticklabels=False,
+                showgrid=False,
+                zeroline=False,
+                showline=False,
+                ticks="",
+            )
+            if c == 0:
+                kind = "normal" if labels[i] == 0 else "abnormal"
+                layout[ya]["title"] = dict(text=f"{kind} #{i}", font=dict(size=12))
+            if i >= len(arr):
+                continue
+            img = _image_2d(arr[i])
+            if img is None:
+                continue
+            trace = dict(
+                type="heatmap",
+                z=_typed(img),
+                xaxis=f"x{k}",
+                yaxis=f"y{k}",
+                hovertemplate=f"{what}<br>x %{{x}}, y %{{y}}: %{{z:.3f}}<extra></extra>",
+            )
+            if key == "anomaly_maps":
+                trace["coloraxis"] = "coloraxis2"
+            elif key == "masks":
+                trace.update(colorscale="Greys", reversescale=True, zmin=0, zmax=1, showscale=False)
+            else:
+                trace["coloraxis"] = "coloraxis"
+            data.append(trace)
+    layout.update(
+        height=min(1500, 118 * n_rows + 130),
+        title=dict(
+            text=f"{_esc(v.stratum)}: test images, reconstructions and anomaly maps", x=0.01
+        ),
+        annotations=annotations,
+        coloraxis=dict(colorscale="Greys", reversescale=True, cmin=-1, cmax=1, showscale=False),
+        coloraxis2=dict(
+            colorscale="Inferno",
+            cmin=0,
+            cmax=vmax,
+            colorbar=dict(title=dict(text="score"), len=0.6, thickness=14),
+        ),
+        margin=dict(l=80, r=20, t=100, b=10),
+    )
+    return ctx.page.figure(
+        {"data": data, "layout": layout},
+        "Rows: normal and abnormal test images. Columns: input, mask (when annotated), and "
+        "the reconstruction and anomaly map at the smallest, best and largest latent "
+        "dimension (first seed).",
+    )
+
+
+def _scores_figure(ctx: _Ctx, strata: list[H.StratumVerdict]) -> str:
+    sc = ctx.run.scores
+    if sc is None or not {"trial_id", "score", "label"} <= set(sc.columns):
+        return _na("Score distributions", ctx.run.notes.get("scores", "no scores table"))
+    rows = []
+    for v in strata:
+        g = ctx.done[ctx.done["_stratum"] == v.stratum]
+        if g.empty:
+            continue
+        dims = sorted(g["latent_dim"].unique())
+        picks = dict.fromkeys([dims[0], v.best_latent_dim, dims[-1]])
+        rows.append((v, [d for d in picks if d is not None]))
+    if not rows:
+        return ""
+    ncol = max(len(p) for _, p in rows)
+    titles = []
+    for v, picks in rows:
+        titles += [f"{v.stratum}, d = {d}" for d in picks] + [""] * (ncol - len(picks))
+    fig = make_subplots(
+        rows=len(rows),
+        cols=ncol,
+        subplot_titles=titles,
+        vertical_spacing=min(0.14, 0.7 / len(rows)),
+    )
+    for r, (v, picks) in enumerate(rows, start=1):
+        g = ctx.done[ctx.done["_stratum"] == v.stratum]
+        for c, d in enumerate(picks, start=1):
+            ids = set(g.loc[g["latent_dim"] == d, "trial_id"].astype(str))
+            s = sc[sc["trial_id"].astype(str).isin(ids)]
+            s = _subsample(s, 4000)
+            for lab, name, colour in ((0, "normal", "#2ca02c"), (1, "abnormal", "#d62728")):
+                vals = _finite(s.loc[s["label"] == lab, "score"]).dropna()
+                fig.add_trace(
+                    go.Histogram(
+                        x=vals.round(5),
+                        name=name,
+                        legendgroup=name,
+                        showlegend=r == 1 and c == 1,
+                        opacity=0.6,
+                        marker_color=colour,
+                        nbinsx=40,
+                        histnorm="probability density",
+                    ),
+                    row=r,
+                    col=c,
+                )
+            if r == len(rows):
+                fig.update_xaxes(title_text="anomaly score", row=r, col=c)
+        fig.update_yaxes(title_text="density", row=r, col=1)
+    fig.update_layout(
+        barmode="overlay",
+        height=270 * len(rows) + 130,
+        title=dict(text="Anomaly scores of normal and abnormal test images", x=0.01),
+        legend=dict(orientation="h", y=-0.1),
+    )
+    return ctx.page.figure(fig, "Pooled over seeds; small, best and large latent dimension.")
+
+
+def _section_examples(ctx: _Ctx) -> None:
+    title = "7. Examples"
+    parts = []
+    shown = ctx.verdicts[:6]
+    if ctx.run.examples is None:
+        parts.append(_na("Example reconstructions", ctx.run.notes.get("examples", "")))
+    else:
+        for v in shown:
+            picks = _pick_example_trials(ctx, v)
+            if picks:
+                parts.append(_examples_figure(ctx, v, picks))
+        if not any(parts):
+            parts.append(_na("Example reconstructions", "no examples for completed trials"))
+        elif len(ctx.verdicts) > len(shown):
+            parts.append(
+                _note(f"Examples of the first {len(shown)} of {len(ctx.verdicts)} strata.")
+            )
+    parts.append(_scores_figure(ctx, shown))
+    ctx.page.add("examples", title, "\n".join(p for p in parts if p))
+
+
+def _kv_table(d: dict) -> str:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            inner = ", ".join(f"{_esc(a)}: {_esc(_fmt(b))}" for a, b in v.items())
+            rows.append(f"<tr><th>{_esc(k)}</th><td>{inner}</td></tr>")
+        elif isinstance(v, list):
+            rows.append(f"<tr><th>{_esc(k)}</th><td>{len(v)} entries</td></tr>")
+        else:
+            rows.append(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>")
+    return f"<div class='tablewrap'><table class='kv'>{''.join(rows)}</table></div>"
+
+
+def _seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "–"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _section_facts(ctx: _Ctx) -> None:
+    title = "8. Run facts"
+    run = ctx.run
+    parts = []
+    t = ctx.all_trials
+    if len(t):
+        facts = {"trials": len(t)}
+        if "status" in t.columns:
+            facts.update({f"trials {k}": int(n) for k, n in t["status"].value_counts().items()})
+        for col, label in (("elapsed_s", "training time"), ("wall_s", "wall time")):
+            if _has_values(t, col):
+                x = _finite(t[col]).dropna()
+                facts[f"total {label}"] = _seconds(float(x.sum()))
+                facts[f"{label} per trial (median / max)"] = (
+                    f"{_seconds(float(x.median()))} / {_seconds(float(x.max()))}"
+                )
+        for col in ("device", "hostname"):
+            if col in t.columns and t[col].notna().any():
+                vc = t[col].fillna("?").astype(str).value_counts()
+                facts[f"{col}s"] = ", ".join(f"{k} ({n})" for k, n in vc.items())
+        parts.append("<h3>Trials and compute</h3>" + _kv_table(facts))
+    if run.meta:
+        scalars = {k: v for k, v in run.meta.items() if not isinstance(v, (dict, list))}
+        nested = {k: v for k, v in run.meta.items() if isinstance(v, dict)}
+        parts.append("<h3>meta.json</h3>" + _kv_table({**scalars, **nested}))
+        sessions = run.meta.get("sessions")
+        if isinstance(sessions, list) and sessions and all(isinstance(s, dict) for s in sessions):
+            parts.append("<h3>Sessions</h3>" + _table_html(pd.DataFrame(sessions[-20:])))
+    else:
+        parts.append(_na("Run metadata", run.notes.get("meta", "")))
+    if run.space_text:
+        parts.append(
+            f"<h3>Resolved search space (space.yaml)</h3><pre>{_esc(run.space_text)}</pre>"
+        )
+    else:
+        parts.append(_na("Resolved search space", run.notes.get("space", "")))
+    ctx.page.add("facts", title, "\n".join(parts))
+
+
+CSS = """
+:root { --ink:#1d2330; --muted:#667085; --line:#e3e6ec; --bg:#f6f7fb; --accent:#0072B2; }
+* { box-sizing: border-box; }
+body { margin:0; font-family: Inter, "Helvetica Neue", Arial, sans-serif; color:var(--ink);
+  background:var(--bg); line-height:1.5; font-size:15px; }
+header.top { background:linear-gradient(120deg,#0b2545,#134074); color:white;
+  padding:28px 40px 22px; }
+header.top h1 { margin:0 0 6px; font-size:28px; font-weight:650; letter-spacing:-0.01em; }
+header.top p { margin:2px 0; color:#d6e2f0; }
+nav.toc { position:sticky; top:0; z-index:10; background:white; border-bottom:1px solid
+  var(--line); padding:8px 40px; display:flex; flex-wrap:wrap; gap:6px 18px; font-size:14px; }
+nav.toc a { color:var(--accent); text-decoration:none; }
+nav.toc a:hover { text-decoration:underline; }
+main { max-width:1280px; margin:0 auto; padding:10px 28px 60px; }
+section { background:white; border:1px solid var(--line); border-radius:12px;
+  padding:18px 26px 22px; margin:22px 0; box-shadow:0 1px 3px rgba(16,24,40,.05); }
+section > h2 { margin:0 0 12px; font-size:22px; font-weight:650; }
+h3 { font-size:17px; margin:20px 0 8px; }
+.banner { background:#fff4d6; border:1px solid #f0c36d; color:#6b4c00; border-radius:10px;
+  padding:12px 18px; margin:18px 0 0; font-weight:600; }
+.card { border:1px solid var(--line); border-left:6px solid var(--accent); border-radius:10px;
+  padding:12px 18px; margin:14px 0; background:#fcfcfd; }
+.card h3 { margin:4px 0 6px; display:flex; align-items:center; gap:10px; }
+.headline { font-size:16px; font-weight:600; margin:4px 0; }
+.best { margin:4px 0; }
+.summary { color:var(--muted); font-size:13.5px; margin:6px 0 10px; }
+.muted { color:var(--muted); font-weight:400; }
+.lead { font-size:15.5px; }
+.badge { display:inline-block; padding:2px 10px; border-radius:999px; font-size:12.5px;
+  font-weight:650; text-transform:uppercase; letter-spacing:.04em; color:white; }
+.badge.supported { background:#1a7f37; } .badge.contradicted { background:#c62828; }
+.badge.inconclusive { background:#8a8f98; }
+.badge.mixed { background:white; color:var(--muted); border:1px solid #c5cad3; }
+.tablewrap { overflow-x:auto; margin:8px 0 4px; }
+table.data, table.kv { border-collapse:collapse; font-size:13.5px; min-width:40%; }
+table.data th, table.data td, table.kv th, table.kv td { border-bottom:1px solid var(--line);
+  padding:5px 10px; text-align:left; vertical-align:top; }
+table.data thead th { background:#eef2f7; font-weight:600; white-space:nowrap; }
+table.data tbody tr:nth-child(even) { background:#fafbfc; }
+table.data td.num { text-align:right; white-space:nowrap; font-variant-numeric:tabular-nums; }
+table.data tr.paper td { color:#7a7f87; font-style:italic; background:#f4f4f6; }
+table.data td.reason { color:var(--muted); font-size:12.5px; }
+table.kv th { width:260px; color:var(--muted); font-weight:500; }
+figure.fig { margin:10px 0 18px; }
+figcaption { color:var(--muted); font-size:13px; margin:4px 6px 0; }
+p.note { color:var(--muted); font-style:italic; }
+pre { background:#0f172a; color:#e2e8f0; padding:14px 18px; border-radius:8px;
+  overflow-x:auto; font-size:12.5px; line-height:1.45; }
+code { background:#eef2f7; padding:1px 5px; border-radius:4px; font-size:13px; }
+footer { text-align:center; color:var(--muted); font-size:12.5px; padding:10px 0 30px; }
+"""
+
+
+def render_report(
+    run: RunData,
+    *,
+    entropy_col: str = "latent_entropy_gaussian",
+    max_curves: int = 240,
+    n_boot: int = 2000,
+    n_perm: int = 2000,
+) -> tuple[str, int]:
+    """The report's HTML and its number of figures."""
+    page = _Page()
+    trials = run.trials if run.trials is not None else pd.DataFrame()
+    all_trials = trials.copy()
+    if {"dataset", "model"} <= set(all_trials.columns):
+        all_trials["_stratum"] = _stratum_series(all_trials)
+    else:
+        all_trials["_stratum"] = pd.Series(dtype=str)
+    done = all_trials
+    if "status" in done.columns:
+        done = done[done["status"] == "completed"]
+    if "latent_dim" in done.columns:
+        done = done[pd.to_numeric(done["latent_dim"], errors="coerce") > 0].copy()
+        done["latent_dim"] = done["latent_dim"].astype(int)
+    else:
+        done = done.iloc[:0]
+    if "auc" not in done.columns:
+        done = done.iloc[:0]
+    verdict_list = H.verdicts(done, entropy_col, n_boot=n_boot, n_perm=n_perm) if len(done) else []
+    datasets = list(dict.fromkeys(done["dataset"].astype(str))) if len(done) else []
+    models = list(dict.fromkeys(done["model"].astype(str))) if len(done) else []
+    colours = {ds: DATASET_COLOURS[i % len(DATASET_COLOURS)] for i, ds in enumerate(datasets)}
+    ctx = _Ctx(
+        run=run,
+        done=done,
+        all_trials=all_trials,
+        verdicts=verdict_list,
+        colours=colours,
+        model_index={m: i for i, m in enumerate(models)},
+        entropy_col=entropy_col,
+        max_curves=max_curves,
+        page=page,
+    )
+    try:
+        t1, t2 = _paper_tables()
+        t1["_norm"] = t1["dataset"].map(_norm_label)
+        t2["_norm"] = t2["dataset"].map(_norm_label)
+    except (OSError, ValueError):
+        t1 = t2 = None
+    for build in (
+        _section_verdicts,
+        lambda c: _section_detection(c, t1),
+        _section_entropy,
+        _section_recon,
+        _section_pixel,
+        lambda c: _section_methods(c, t2),
+        _section_search,
+        _section_examples,
+        _section_facts,
+    ):
+        build(ctx)
+
+    meta = run.meta or {}
+    partial = _partial_reasons(run)
+    banner = (
+        f"<div class='banner'>⚠ Partial results: {'; '.join(partial)}. Numbers will change "
+        "as trials finish.</div>"
+        if partial
+        else ""
+    )
+    desc = (run.space or {}).get("description") or ""
+    status = meta.get("status", "unknown")
+    when = " · ".join(
+        f"{k.replace('_', ' ')} {_esc(meta[k])}"
+        for k in ("started_at", "finished_at")
+        if meta.get(k)
+    )
+    n_done = len(done)
+    n_all = len(all_trials)
+    toc = "".join(f"<a href='#{a}'>{_esc(t)}</a>" for a, t, _ in page.sections)
+    sections = "\n".join(
+        f"<section id='{a}'><h2>{_esc(t)}</h2>\n{body}\n</section>" for a, t, body in page.sections
+    )
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="ae4ad-figures" content="{page.n_figures}">
+<title>ae4ad study report: {_esc(run.name)}</title>
+<style>{CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<header class="top"><h1>Latent entropy and anomaly detection: {_esc(run.name)}</h1>
+<p>{_esc(desc)}</p>
+<p>status: <b>{_esc(status)}</b> · {n_done} completed of {n_all} trials · {len(ctx.verdicts)}
+strata{(" · " + when) if when else ""}</p></header>
+<nav class="toc">{toc}</nav>
+<main>{banner}
+{sections}
+</main>
+<footer>ae4ad-study report · {_esc(run.run_dir.name)} · generated
+{time.strftime("%Y-%m-%d %H:%M:%S")}</footer>
+</body></html>
+"""
+    return doc, page.n_figures
+
+
+def write_report(
+    run_dir: Path | str,
+    *,
+    entropy_col: str = "latent_entropy_gaussian",
+    max_curves: int = 240,
+    n_boot: int = 2000,
+    n_perm: int = 2000,
+) -> Path:
+    """Write ``run_dir/report.html`` (atomically) from the run's tables; returns its path.
+
+    ``entropy_col`` picks the latent statistic the verdicts use; ``max_curves`` bounds the
+    learning curves drawn (a fixed random subset of the trials beyond it).
+    Raises ``FileNotFoundError`` when ``run_dir`` is not a folder; missing optional tables
+    only turn their sections into "not available" notes.
+    """
+    if entropy_col not in ENTROPY_LABELS:
+        raise ValueError(
+            f"entropy_col: unknown latent statistic {entropy_col!r}; allowed: "
+            f"{', '.join(ENTROPY_LABELS)}"
+        )
+    run = load_run(run_dir)
+    doc, _ = render_report(
+        run, entropy_col=entropy_col, max_curves=max_curves, n_boot=n_boot, n_perm=n_perm
+    )
+    out = run.run_dir / REPORT_FILE
+    _atomic_write(out, doc)
+    return out
+
+
+# ----------------------------------------------------------------------------- synthetic runs
+
+
+def _peak_for(dims: Sequence[int], i: int) -> int:
+    return int(dims[min(len(dims) - 1, 2 + (i % max(1, len(dims) - 3)))])
+
+
+def make_synthetic_run(
+    run_dir: Path | str,
+    *,
+    datasets: Sequence[str] = ("phantom-k6", "RSNA"),
+    models: Sequence[str] = ("ae",),
+    latent_dims: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
+    seeds: Iterable[int] = (0, 1, 2),
+    status: str = "finished",
+    epochs: int = 50,
+    eval_every: int = 10,
+    n_test: int = 60,
+    image_size: int = 32,
+    masks: bool = True,
+    history: bool = True,
+    scores: bool = True,
+    examples: bool = True,
+    optuna_db: bool = False,
+    extra_statuses: dict[str, int] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic run folder with the harness's tables, for demos, tests and
+    benchmarks: AUC is an inverted U in log2(latent_dim) peaking at a data-set-specific
+    d*, latent entropy grows with latent_dim, reconstruction errors fall with it.
+
+    ``extra_statuses`` adds trials with other statuses, e.g. ``{"early-stopped": 3}``.
+    Returns ``run_dir``.
+    """
+    rng = np.random.default_rng(seed)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seeds = list(seeds)
+    dims = sorted(int(d) for d in latent_dims)
+    name = run_dir.name
+    trials, hist, score_rows, ex = [], [], [], {}
+    n_half = n_test // 2
+    yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
+    for i, ds in enumerate(datasets):
+        peak = _peak_for(dims, i)
+        intrinsic = peak * 0.7 + 0.3
+        with_masks = masks and i == len(datasets) - 1
+        for k, model in enumerate(models):
+            for d in dims:
+                for s in seeds:
+                    tid = f"{i}{k}{d:04d}{s:03d}"
+                    gap = math.log2(d) - math.log2(peak)
+                    auc = 0.92 - 0.035 * k - 0.03 * gap**2 * (0.6 if gap > 0 else 1.4)
+                    auc = float(np.clip(auc + 0.008 * rng.standard_normal(), 0.3, 0.999))
+                    ap = float(np.clip(auc - 0.04 + 0.01 * rng.standard_normal(), 0.2, 0.999))
+                    ent = 1.4 * math.log(d) + 3 * (1 - math.exp(-d / 16)) + 0.1 * rng.normal()
+                    err_n = 0.01 + 0.2 / (1 + (d / peak) ** 1.6) + 0.002 * rng.random()
+                    err_a = err_n * (1.2 + 1.6 / (1 + (d / (4 * peak)) ** 1.2))
+                    row = dict(
+                        study=name,
+                        trial_id=tid,
+                        status="completed",
+                        error=None,
+                        dataset=ds,
+                        dataset_source="phantom",
+                        model=model,
+                        model_name=model,
+                        latent_dim=d,
+                        hidden_dim=1024,
+                        base_width=32,
+                        epochs=epochs,
+                        batch_size=64,
+                        lr=1e-3,
+                        weight_decay=0.0,
+                        eval_every=eval_every,
+                        score="l2",
+                        seed=s,
+                        stratum=f"{ds}/{model}",
+                        auc=auc,
+                        ap=ap,
+                        pixel_ap=float(0.3 + 0.1 * auc * rng.random()) if with_masks else None,
+                        best_dice=float(0.35 + 0.1 * auc * rng.random()) if with_masks else None,
+                        recon_error_train_normal=err_n * 0.9,
+                        recon_error_val_normal=err_n * 1.02,
+                        recon_error_test_normal=err_n,
+                        recon_error_test_abnormal=err_a,
+                        latent_entropy_gaussian=ent,
+                        latent_entropy_knn=ent * 0.9 + 0.2 * rng.normal(),
+                        latent_effective_rank=min(d, peak * 1.5) * (0.8 + 0.1 * rng.random()),
+                        latent_participation_ratio=min(d, peak) * (0.6 + 0.1 * rng.random()),
+                        latent_intrinsic_dim=min(d, intrinsic) * (0.9 + 0.1 * rng.random()),
+                        image_intrinsic_dim_twonn=intrinsic + 0.2 * rng.normal(),
+                        image_intrinsic_dim_mle=intrinsic * 1.1,
+                        mean_score_normal=err_n,
+                        mean_score_abnormal=err_a,
+                        best_auc=auc + 0.005,
+                        best_ap=ap + 0.005,
+                        epochs_done=epochs,
+                        elapsed_s=float(30 + d * 0.2 + 5 * rng.random()),
+                        wall_s=float(35 + d * 0.2 + 5 * rng.random()),
+                        device="cuda:0" if s % 2 == 0 else "cpu",
+                        hostname="node-1",
+                        node_ip="10.0.0.1",
+                    )
+                    trials.append(row)
+                    if history:
+                        for e in range(eval_every, epochs + 1, eval_every):
+                            frac = e / epochs
+                            hist.append(
+                                dict(
+                                    trial_id=tid,
+                                    dataset=ds,
+                                    model=model,
+                                    latent_dim=d,
+                                    seed=s,
+                                    epoch=e,
+                                    status="running" if e < epochs else "completed",
+                                    auc=0.5 + (auc - 0.5) * (1 - math.exp(-4 * frac)),
+                                    ap=0.5 + (ap - 0.5) * (1 - math.exp(-4 * frac)),
+                                    train_loss=err_n * (1 + 2 * math.exp(-4 * frac)),
+                                )
+                            )
+                    if scores:
+                        sep = 2.5 * (auc - 0.5)
+                        sc = np.concatenate([rng.normal(0, 1, n_half), rng.normal(sep, 1, n_half)])
+                        lab = np.repeat([0, 1], n_half)
+                        for j in range(n_test // 2 * 2):
+                            score_rows.append((tid, ds, model, d, s, j, float(sc[j]), int(lab[j])))
+                    if examples and s == seeds[0]:
+                        ex[tid] = _synthetic_examples(rng, xx, yy, d, peak, with_masks)
+    extra = extra_statuses or {}
+    for st, count in extra.items():
+        for j in range(count):
+            base = dict(trials[j % len(trials)])
+            base.update(
+                trial_id=f"x{st[:2]}{j:04d}",
+                status=st,
+                auc=math.nan,
+                ap=math.nan,
+                epochs_done=eval_every,
+                best_auc=0.6,
+                error="RuntimeError: CUDA out of memory" if st == "errored" else None,
+            )
+            trials.append(base)
+    _atomic_frame(run_dir / "trials.parquet", pd.DataFrame(trials))
+    if history:
+        _atomic_frame(run_dir / "history.parquet", pd.DataFrame(hist))
+    if scores:
+        cols = ["trial_id", "dataset", "model", "latent_dim", "seed", "index", "score", "label"]
+        _atomic_frame(run_dir / "scores.parquet", pd.DataFrame(score_rows, columns=cols))
+    if examples:
+        _atomic_write(run_dir / "examples.json", json.dumps(ex, separators=(",", ":")))
+    space = dict(
+        name=name,
+        description="Synthetic run: an inverted U of AUC over latent_dim.",
+        storage_path=str(run_dir.parent),
+        datasets=[
+            dict(name="phantom", label=ds, params=dict(image_size=image_size)) for ds in datasets
+        ],
+        models=[
+            dict(name=m, label=m, params=dict(latent_dim=dims, hidden_dim=1024)) for m in models
+        ],
+        training=dict(epochs=epochs, lr=1e-3, eval_every=eval_every),
+        seeds=seeds,
+        search=dict(type="optuna" if optuna_db else "grid"),
+    )
+    _atomic_write(run_dir / "space.yaml", yaml.safe_dump(space, sort_keys=False))
+    meta = dict(
+        status=status,
+        created_at="2024-01-01T00:00:00+00:00",
+        started_at="2024-01-01T00:00:00+00:00",
+        finished_at=None if status != "finished" else "2024-01-01T02:00:00+00:00",
+        hostname="node-1",
+        python="3.11",
+        git=dict(commit="0" * 40, dirty=False),
+        packages=dict(torch="2.13", ray="2.60", optuna="5.0", plotly="7.1", pandas="3.1"),
+        sessions=[dict(started_at="2024-01-01T00:00:00+00:00", trials=len(trials))],
+    )
+    _atomic_write(run_dir / "meta.json", json.dumps(meta, indent=2))
+    if optuna_db:
+        _synthetic_optuna(run_dir / "optuna.db", pd.DataFrame(trials))
+    return run_dir
+
+
+def _synthetic_examples(rng, xx, yy, d, peak, with_masks, n=3) -> dict:
+    inputs, recons, maps, masks, labels = [], [], [], [], []
+    blur = min(1.0, d / (2 * peak))
+    for j in range(2 * n):
+        abnormal = j >= n
+        cx, cy = 0.3 + 0.4 * rng.random(), 0.3 + 0.4 * rng.random()
+        img = np.sin(6 * xx + j) * np.cos(5 * yy) * 0.6
+        mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < 0.012).astype(np.float32) if abnormal else 0 * xx
+        x = np.clip(img + 0.9 * mask, -1, 1)
+        rec = np.clip(img * (0.6 + 0.4 * blur) + 0.9 * mask * blur**2, -1, 1)
+        inputs.append(x[None])
+        recons.append(rec[None])
+        maps.append(((x - rec) ** 2)[None])
+        masks.append(mask[None])
+        labels.append(int(abnormal))
+    r = lambda a: np.round(np.asarray(a, dtype=np.float32), 3).tolist()  # noqa: E731
+    return dict(
+        index=list(range(2 * n)),
+        labels=labels,
+        inputs=r(inputs),
+        reconstructions=r(recons),
+        anomaly_maps=r(maps),
+        masks=r(masks) if with_masks else None,
+    )
+
+
+def _synthetic_optuna(path: Path, trials: pd.DataFrame) -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{path.resolve()}"
+    done = trials[trials["status"] == "completed"]
+    for stratum, g in done.groupby("stratum", sort=False):
+        study = optuna.create_study(
+            study_name=str(stratum), storage=url, direction="maximize", load_if_exists=True
+        )
+        dims = sorted(int(d) for d in g["latent_dim"].unique())
+        dist = {
+            "model.latent_dim": CategoricalDistribution(dims),
+            "training.lr": FloatDistribution(1e-4, 1e-2, log=True),
+        }
+        rng = np.random.default_rng(0)
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    params={
+                        "model.latent_dim": int(r.latent_dim),
+                        "training.lr": float(10 ** rng.uniform(-4, -2)),
+                    },
+                    distributions=dist,
+                    value=float(r.auc),
+                )
+                for r in g.itertuples()
+            ]
+        )
+
+
+def _atomic_frame(path: Path, df: pd.DataFrame) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m study.report RUN_DIR [--demo] [--entropy COL]``."""
+    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path, help="runs/<study name>/")
+    p.add_argument("--demo", action="store_true", help="first write a synthetic run there")
+    p.add_argument("--entropy", default="latent_entropy_gaussian", choices=list(ENTROPY_LABELS))
+    args = p.parse_args(argv)
+    if args.demo:
+        make_synthetic_run(args.run_dir, extra_statuses={"early-stopped": 3, "errored": 1})
+    try:
+        started = time.perf_counter()
+        out = write_report(args.run_dir, entropy_col=args.entropy)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size:.1f} MB, {time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

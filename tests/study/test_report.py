@@ -1,0 +1,221 @@
+"""The HTML report: content, one plotly.js copy, partial banner, missing optional tables."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from study.report import make_synthetic_run, write_report
+
+FAST = dict(n_boot=300, n_perm=300)
+PLOTLY_SIGNATURE = "plotly.js v"  # the banner comment at the top of plotly.min.js
+
+
+def _figures(text: str) -> int:
+    return int(re.search(r'<meta name="ae4ad-figures" content="(\d+)">', text).group(1))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    # 2 datasets x 8 latent_dims x 3 seeds, inverted-U AUC, entropy rising with latent_dim
+    return make_synthetic_run(
+        tmp_path_factory.mktemp("runs") / "latent",
+        datasets=("phantom-k6", "RSNA"),
+        extra_statuses={"early-stopped": 2, "errored": 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def report_text(run_dir) -> str:
+    path = write_report(run_dir, **FAST)
+    assert path == run_dir / "report.html"
+    return path.read_text(encoding="utf-8")
+
+
+def test_report_has_verdicts_and_one_plotly_copy(run_dir, report_text):
+    text = report_text
+    assert text.startswith("<!DOCTYPE html>")
+    assert text.count(PLOTLY_SIGNATURE) == 1
+    # plotly.js sits in the head, before any figure
+    assert text.index(PLOTLY_SIGNATURE) < text.index("</head>") < text.index("Plotly.newPlot")
+    n = _figures(text)
+    assert n >= 7
+    assert text.count("Plotly.newPlot(") == n
+    assert text.count('class="plotly-graph-div"') == n
+    # the verdict in words and numbers, with its n
+    for ds in ("phantom-k6", "RSNA"):
+        assert f'{ds} <span class="muted">/ ae</span>' in text
+    assert text.count("Over capacity: supported (n = ") == 2
+    assert "under capacity: supported (n = " in text
+    assert "best latent_dim d* = " in text and "95 % bootstrap interval" in text
+    assert "image intrinsic dimension (TwoNN)" in text
+    assert "elbow of normal reconstruction error" in text
+    # no partial banner for a finished study whose trials all finished
+    assert "Partial results" not in text
+    # no leftover temporary files
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_report_sections_and_labels(report_text):
+    text = report_text
+    for title in (
+        "1. Detection vs latent dimension",
+        "2. Latent entropy vs AUC",
+        "3. Reconstruction error vs latent dimension",
+        "4. Pixel-level segmentation vs latent dimension",
+        "5. Methods comparison",
+        "6. Search diagnostics",
+        "7. Examples",
+        "8. Run facts",
+    ):
+        assert f"<h2>{title}</h2>" in text
+    assert "latent dimension d (log2)" in text
+    assert "mean squared error" in text
+    # the entropy dropdown offers every estimator present
+    for col in (
+        "latent_entropy_gaussian",
+        "latent_entropy_knn",
+        "latent_effective_rank",
+        "latent_participation_ratio",
+        "latent_intrinsic_dim",
+    ):
+        assert f'"label":"{col}"' in text
+    # hover text carries the trial's config
+    assert "trial_id: " in text and "lr: 0.001" in text and "seed: " in text
+    # the paper's Table 1 numbers beside the data set labelled RSNA, not beside the phantom
+    assert "paper (AE)" in text and "72.9 ± 2.1" in text
+    assert "paper: RSNA (AE)" in text
+    # early-stopped and errored trials are listed with their error
+    assert "early-stopped" in text and "CUDA out of memory" in text
+    # run facts from meta.json and space.yaml
+    assert "torch: 2.13" in text and "type: grid" in text
+
+
+def test_table1_marks_best_bold_and_second_underlined(report_text):
+    t1 = report_text[report_text.index("Table 1 format") :]
+    t1 = t1[: t1.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", t1)
+    auc_rows = [r for r in rows if "<td>AUC</td>" in r and "paper" not in r]
+    assert len(auc_rows) == 2
+    for row in auc_rows:
+        values = [float(m) for m in re.findall(r"(\d+\.\d) ±", row)]
+        bold = float(re.search(r"<b>(\d+\.\d)", row).group(1))
+        underlined = float(re.search(r"<u>(\d+\.\d)", row).group(1))
+        assert bold == max(values)
+        assert underlined == sorted(values)[-2]
+
+
+def test_partial_banner_when_running(tmp_path):
+    run = make_synthetic_run(
+        tmp_path / "live",
+        datasets=("toy",),
+        latent_dims=(2, 4, 8, 16),
+        seeds=(0, 1),
+        status="running",
+    )
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "Partial results" in text and "“running”" in text
+
+    # a finished meta.json but a trial that has not finished also counts as partial
+    meta = json.loads((run / "meta.json").read_text())
+    meta["status"] = "finished"
+    (run / "meta.json").write_text(json.dumps(meta))
+    trials = pd.read_parquet(run / "trials.parquet")
+    trials.loc[0, "status"] = "running"
+    trials.to_parquet(run / "trials.parquet")
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "Partial results" in text and "1 of 8 trials have not finished" in text
+
+    meta["status"] = "interrupted"
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert "“interrupted”" in write_report(run, **FAST).read_text(encoding="utf-8")
+
+
+def test_missing_optional_files_say_not_available(tmp_path):
+    run = make_synthetic_run(
+        tmp_path / "bare",
+        datasets=("toy",),
+        latent_dims=(2, 4, 8, 16),
+        seeds=(0, 1),
+        history=False,
+        scores=False,
+        examples=False,
+    )
+    (run / "meta.json").unlink()
+    (run / "space.yaml").unlink()
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    for what in (
+        "Learning curves: not available (history.parquet is missing)",
+        "Example reconstructions: not available (examples.json is missing)",
+        "Score distributions: not available (scores.parquet is missing)",
+        "Run metadata: not available (meta.json is missing)",
+        "Resolved search space: not available (space.yaml is missing)",
+        "Optuna optimisation history and parameter importances: not available",
+    ):
+        assert what in text
+    assert "Over capacity:" in text and text.count(PLOTLY_SIGNATURE) == 1
+
+
+def test_unreadable_table_is_a_note_not_an_error(tmp_path):
+    run = make_synthetic_run(
+        tmp_path / "broken", datasets=("toy",), latent_dims=(2, 4, 8), seeds=(0,)
+    )
+    (run / "history.parquet").write_text("not parquet")
+    (run / "examples.json").write_text("{broken")
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "history.parquet could not be read" in text
+    assert "examples.json could not be read" in text
+
+
+def test_no_trials_yet_and_missing_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = write_report(empty, **FAST).read_text(encoding="utf-8")
+    assert "Hypothesis tests: not available (trials.parquet is missing)" in text
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        write_report(tmp_path / "nope")
+    with pytest.raises(ValueError, match="latent_entropy_gaussian"):
+        write_report(empty, entropy_col="entropy")
+
+
+def test_one_seed_and_learning_curve_cap(tmp_path):
+    run = make_synthetic_run(tmp_path / "one", datasets=("toy",), seeds=(0,))
+    text = write_report(run, max_curves=5, **FAST).read_text(encoding="utf-8")
+    assert "one seed only: no interval for the best latent_dim" in text
+    assert "5 of 8 trials shown (a fixed random subset)." in text
+
+
+def test_methods_table_and_optuna_diagnostics(tmp_path):
+    run = make_synthetic_run(
+        tmp_path / "methods",
+        datasets=("BrainTumor",),
+        models=("ae", "vae"),
+        latent_dims=(4, 8, 16, 32),
+        seeds=(0, 1),
+        optuna_db=True,
+    )
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    t2 = text[text.index("Table 2 format") :]
+    t2 = t2[: t2.index("</table>")]
+    assert "ae (d = 16)" in t2 and "vae (best d)" in t2
+    assert "paper: memae (d = 16)" in t2 and "82.6 ± 0.6" in t2  # the paper's MemAE AUC
+    assert "paper: AE, d_opt" in t2
+    assert "Optuna search per stratum" in text
+    assert "importance (fANOVA)" in text
+    assert "BrainTumor\\\\u002fvae: optimisation history" in text
+
+
+def test_200_trial_report_is_under_10_mb(tmp_path):
+    run = make_synthetic_run(
+        tmp_path / "big",
+        datasets=("a", "b", "c", "d", "e"),
+        seeds=range(5),
+        extra_statuses={"early-stopped": 10},
+    )
+    assert len(pd.read_parquet(run / "trials.parquet")) == 210
+    size_mb = write_report(run, **FAST).stat().st_size / 1e6
+    assert size_mb < 10, size_mb
