@@ -34,7 +34,9 @@ per-coordinate standard deviations, population variance), so the normalised data
 total variance d. Directions keep their relative scales, so correlations and
 anisotropy still count, and an isotropic Gaussian of any variance normalises to about
 N(0, I), whose entropy is ``0.5 * d * log(2 * pi * e)`` (about 1.419 nats per dimension).
-For the Gaussian estimate this is exactly ``H(z) - d * log(s)``.
+Both entropies satisfy ``H(z / s) = H(z) - d * log(s)`` exactly, and the raw values are
+computed that way (on data first rescaled by an exact power of two), so neither very
+large nor very small latents overflow.
 
 ``latent_statistics(z)`` returns the scale-free versions under the names used in the
 results tables: ``latent_entropy_gaussian``, ``latent_entropy_knn``,
@@ -147,9 +149,20 @@ def _check_basic(x: np.ndarray, min_points: int = 3) -> str | None:
     return None
 
 
-def _centred64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64, copy=False)
-    return x - x.mean(axis=0)
+def _pow2_rescaled(x: np.ndarray, keep_float32: bool = False) -> tuple[np.ndarray, int]:
+    """``x`` times ``2**-e``, with e the binary exponent of max|x|, and e.
+
+    Scaling by a power of two is exact, so duplicates and ties survive, and it keeps
+    squares of very large or very small data from overflowing or underflowing. The
+    result is float64, or float32 for float32 input with ``keep_float32``.
+    """
+    if not (keep_float32 and x.dtype == np.float32):
+        x = x.astype(np.float64, copy=False)
+    top = float(np.max(np.abs(x))) if x.size else 0.0
+    if top == 0.0 or not math.isfinite(top):
+        return x, 0
+    e = math.frexp(top)[1]
+    return (x if e == 0 else np.ldexp(x, np.int32(-e)).astype(x.dtype, copy=False)), e
 
 
 def _scale(xc: np.ndarray) -> float:
@@ -228,12 +241,12 @@ def _nearest_distances(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _unique_rows(x: np.ndarray) -> np.ndarray:
-    """``x`` without repeated rows (first occurrences, original order; byte-exact)."""
+    """``x`` without repeated rows (first occurrences, original order; exact equality)."""
     x = np.ascontiguousarray(x)
     seen: set[bytes] = set()
     keep = []
     for i in range(x.shape[0]):
-        key = hashlib.blake2b(x[i].data, digest_size=16).digest()
+        key = hashlib.blake2b((x[i] + 0.0).data, digest_size=16).digest()  # -0.0 == 0.0
         if key not in seen:
             seen.add(key)
             keep.append(i)
@@ -261,21 +274,21 @@ def normalize_latents(z: Any) -> tuple[np.ndarray, float]:
         ([[-0.6325, -1.2649], [0.6325, 1.2649]], 1.5811)
     """
     x = _as_points(z)
-    reason = _check_basic(x, min_points=1)
-    if reason is None:
-        xc = _centred64(x)
-        s = _scale(xc)
-        if s > 0.0 and np.isfinite(s):
-            return xc / s, s
+    if _check_basic(x, min_points=1) is None:
+        xn, log_s, reason = _normalized(x)
+        if reason is None:
+            return xn, math.exp(log_s)
     return np.full(x.shape, np.nan), _NAN
 
 
-def _normalized(x: np.ndarray) -> tuple[np.ndarray | None, float, str | None]:
-    xc = _centred64(x)
-    s = _scale(xc)
-    if not (s > 0.0) or not np.isfinite(s):
-        return None, _NAN, "z is constant (zero variance)"
-    return xc / s, s, None
+def _normalized(x: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+    """(normalised data, log of the scale s, reason); x must be finite with n >= 1."""
+    x2, e = _pow2_rescaled(x)
+    xc = x2 - x2.mean(axis=0)
+    s2 = _scale(xc)
+    if not s2 > 0.0:
+        return xc, _NAN, "z is constant (zero variance)"
+    return xc / s2, math.log(s2) + e * math.log(2.0), None
 
 
 # ---------------------------------------------------------------------- entropies
@@ -288,16 +301,17 @@ def _gaussian_entropy(x: np.ndarray, normalize: bool) -> _Result:
     n, d = x.shape
     if n <= d:
         return _NAN, f"gaussian entropy needs n > d points, got n={n}, d={d}"
-    xn, _, reason = _normalized(x)
+    xn, log_s, reason = _normalized(x)
     if reason:
         return _NAN, reason
-    data = xn if normalize else _centred64(x)
     with sklearn.config_context(skip_parameter_validation=True):
-        cov, _ = ledoit_wolf(data, assume_centered=True)
+        cov, _ = ledoit_wolf(xn, assume_centered=True)
     eig = np.linalg.eigvalsh(np.atleast_2d(cov))
     if not np.all(eig > 0.0):
         return _NAN, "shrinkage covariance is not positive definite"
     value = 0.5 * (d * math.log(2.0 * math.pi * math.e) + float(np.sum(np.log(eig))))
+    if not normalize:  # Ledoit-Wolf is scale-equivariant: Sigma(s z) = s^2 Sigma(z)
+        value += d * log_s
     return (value, None) if np.isfinite(value) else (_NAN, "gaussian entropy overflowed")
 
 
@@ -307,8 +321,10 @@ def gaussian_entropy(z: Any, normalize: bool = True) -> float:
     ``0.5 * logdet(2 * pi * e * Sigma)`` with Sigma the Ledoit-Wolf shrinkage estimate
     (``sklearn.covariance.ledoit_wolf``). ``normalize=True`` first applies
     ``normalize_latents`` (invariant to z -> c z); ``normalize=False`` is the raw
-    estimate. Needs n > d points; a rank-deficient covariance stays finite thanks to
-    the shrinkage. Constant, non-finite or too small input gives NaN.
+    estimate, computed as the normalised one plus ``d * log(s)`` (Ledoit-Wolf is
+    scale-equivariant, so this is exact and cannot overflow). Needs n > d points; a
+    rank-deficient covariance stays finite thanks to the shrinkage. Constant, non-finite
+    or too small input gives NaN.
 
     Example:
         >>> import numpy as np
@@ -328,19 +344,19 @@ def _knn_entropy(
     reason = _check_basic(x, min_points=max(3, k + 2))
     if reason:
         return _NAN, reason
-    xn, s, reason = _normalized(x)
+    xn, log_s, reason = _normalized(x)
     if reason:
         return _NAN, reason
-    data = xn if normalize else _centred64(x)
-    scale = 1.0 if normalize else s
-    value, note, _ = _knn_entropy_core(_subsample(data, max_points, seed), k, scale, seed)
+    value, note, _ = _knn_entropy_core(_subsample(xn, max_points, seed), k, seed)
+    if not normalize:  # all distances scale with s
+        value += x.shape[1] * log_s
     return value, note
 
 
 def _knn_entropy_core(
-    data: np.ndarray, k: int, scale: float, seed: int
+    data: np.ndarray, k: int, seed: int
 ) -> tuple[float, str | None, np.ndarray | None]:
-    """KL estimate on prepared (finite, non-constant) data; also returns the distances
+    """KL estimate on normalised data; also returns the distances
     (n, max(k, 2)) to the nearest neighbours of the un-jittered data, when computed."""
     n, d = data.shape
     rank = _numerical_rank(_covariance_eigenvalues(data - data.mean(axis=0)))
@@ -356,7 +372,7 @@ def _knn_entropy_core(
     if np.any(eps <= 0.0):
         n_zero = int(np.count_nonzero(eps <= 0.0))
         rng = np.random.default_rng(seed)
-        jittered = data + rng.normal(scale=KNN_JITTER * scale, size=data.shape)
+        jittered = data + rng.normal(scale=KNN_JITTER, size=data.shape)
         eps = _nearest_distances(jittered, k)[:, k - 1]
         note = (
             f"knn entropy: {n_zero} points had {k} or more identical copies; "
@@ -381,7 +397,8 @@ def knn_entropy(
     ``H = psi(n) - psi(k) + log V_d + (d / n) * sum_i log eps_i``, with eps_i the
     Euclidean distance from point i to its k-th nearest neighbour and V_d the volume of
     the unit d-ball. ``normalize=True`` first applies ``normalize_latents`` (invariant
-    to z -> c z). ``max_points`` subsamples that many points (seeded by ``seed``) before
+    to z -> c z); ``normalize=False`` adds ``d * log(s)`` back (all distances scale
+    with s). ``max_points`` subsamples that many points (seeded by ``seed``) before
     the neighbour search; the estimate depends on n, so compare values computed with
     the same number of points.
 
@@ -466,13 +483,14 @@ def _prepare_for_id(
     reason = _check_basic(x, min_points=min_points)
     if reason:
         return None, reason
-    x = _unique_rows(_subsample(x, max_points, seed))
+    x = _unique_rows(_pow2_rescaled(_subsample(x, max_points, seed), keep_float32=True)[0])
     if x.shape[0] < min_points:
         return None, f"only {x.shape[0]} distinct points (need at least {min_points})"
     return x, None
 
 
 def _twonn_from_distances(dist: np.ndarray, discard_fraction: float) -> _Result:
+    dist = dist[dist[:, 0] > 0.0]  # duplicates that byte-wise dedup missed (-0.0 vs 0.0)
     r1, r2 = dist[:, 0], dist[:, 1]
     mu = np.sort(r2 / r1)
     n = mu.size
@@ -488,6 +506,9 @@ def _twonn_from_distances(dist: np.ndarray, discard_fraction: float) -> _Result:
 
 
 def _mle_from_distances(dist: np.ndarray, k: int) -> _Result:
+    dist = dist[dist[:, 0] > 0.0]
+    if dist.shape[0] == 0:
+        return _NAN, "mle dimension: no point with a non-zero neighbour distance"
     log_t = np.log(dist[:, :k])
     inv = np.mean(log_t[:, k - 1 : k] - log_t[:, : k - 1], axis=1)  # 1 / m_k(x_i)
     mean_inv = float(np.mean(inv))
@@ -651,7 +672,7 @@ def latent_statistics(
     sub = _subsample(xn, max_points, seed)
     dist = None
     if sub.shape[0] >= k + 2:
-        value, r, dist = _knn_entropy_core(sub, k, 1.0, seed)
+        value, r, dist = _knn_entropy_core(sub, k, seed)
         out["latent_entropy_knn"] = value
     else:
         r = f"only {sub.shape[0]} points (need at least {k + 2})"

@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--progress-every",
         type=float,
-        default=15.0,
+        default=10.0,
         metavar="SECONDS",
-        help="seconds between progress summary lines (default 15); a line is also "
+        help="seconds between progress summary lines (default 10); a line is also "
         "printed for every finished trial",
     )
     parser.add_argument(

@@ -224,6 +224,21 @@ def _row_spearman(x_ranks: np.ndarray, y_ranks: np.ndarray) -> np.ndarray:
     return out
 
 
+def _resampled_ranks(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Average ranks within each row of ``values[idx]`` without sorting every row.
+
+    A row holds copies of the original values; with ``c_g`` copies of the g-th smallest
+    distinct value, those copies share the rank ``sum(c_<g) + (c_g + 1) / 2``.
+    """
+    uniq, group = np.unique(values, return_inverse=True)
+    n_rows, n = idx.shape
+    gid = group[idx]
+    flat = (gid + np.arange(n_rows)[:, None] * len(uniq)).ravel()
+    counts = np.bincount(flat, minlength=n_rows * len(uniq)).reshape(n_rows, len(uniq))
+    group_rank = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2.0
+    return np.take_along_axis(group_rank, gid, axis=1)
+
+
 def spearman_test(
     x: np.ndarray,
     y: np.ndarray,
@@ -254,14 +269,15 @@ def spearman_test(
         return (math.nan,) * 4
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    boot = _row_spearman(stats.rankdata(x[idx], axis=1), stats.rankdata(y[idx], axis=1))
+    boot = _row_spearman(_resampled_ranks(x, idx), _resampled_ranks(y, idx))
     boot = boot[np.isfinite(boot)]
     if len(boot) == 0:
         lo = hi = math.nan
     else:
         lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-    perm = np.argsort(rng.random((n_perm, n)), axis=1)
-    null = _row_spearman(np.broadcast_to(rx, (n_perm, n)), ry[perm])
+    null = _row_spearman(
+        np.broadcast_to(rx, (n_perm, n)), rng.permuted(np.broadcast_to(ry, (n_perm, n)), axis=1)
+    )
     extreme = np.sum(np.abs(null) >= abs(rho) - 1e-12)
     p = float((1 + extreme) / (1 + n_perm))
     return round(rho, 12), lo, hi, p
@@ -312,10 +328,15 @@ def branch_test(
             f"column {entropy_col!r} is not in the trials table",
             expected_sign,
         )
-    sub = df[["latent_dim", entropy_col, metric]].apply(pd.to_numeric, errors="coerce")
-    sub = sub[np.isfinite(sub.to_numpy(dtype=float)).all(axis=1)]
-    n = len(sub)
-    dims = tuple(sorted(int(d) for d in sub["latent_dim"].unique()))
+    arr = np.column_stack(
+        [
+            pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+            for c in ("latent_dim", entropy_col, metric)
+        ]
+    ).reshape(len(df), 3)
+    arr = arr[np.isfinite(arr).all(axis=1)]
+    n = len(arr)
+    dims = tuple(int(d) for d in np.unique(arr[:, 0]))
     base = dict(branch=branch, n=n, n_latent_dims=len(dims), expected_sign=expected_sign)
     if n < MIN_BRANCH_TRIALS or len(dims) < MIN_BRANCH_LATENT_DIMS:
         reason = (
@@ -334,8 +355,8 @@ def branch_test(
             latent_dims=dims,
         )
     rho, lo, hi, p = spearman_test(
-        sub[entropy_col].to_numpy(),
-        sub[metric].to_numpy(),
+        arr[:, 1],
+        arr[:, 2],
         n_boot=n_boot,
         n_perm=n_perm,
         seed=seed,
@@ -542,8 +563,7 @@ def verdicts(
     df = df[pd.to_numeric(df["latent_dim"], errors="coerce").notna()].copy()
     df["latent_dim"] = df["latent_dim"].astype(int)
     out = []
-    for key in pd.unique(df["_stratum"]):
-        g = df[df["_stratum"] == key]
+    for key, g in df.groupby("_stratum", sort=False):
         vals = g[["latent_dim", metric]].copy()
         vals[metric] = pd.to_numeric(vals[metric], errors="coerce")
         vals = vals.dropna()

@@ -41,7 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ import plotly.io as pio
 import yaml
 from plotly.colors import qualitative, sample_colorscale
 from plotly.offline import get_plotlyjs
-from plotly.subplots import make_subplots
 
 from study import hypothesis as H
 
@@ -145,6 +144,17 @@ TEMPLATE = go.layout.Template(
 )
 _TEMPLATE_JSON = TEMPLATE.to_plotly_json()
 NOT_AVAILABLE = "not available"
+MAX_PANELS = 12  # strata drawn in one grid of subplots (and in the estimator table)
+SUMMARY_COLUMNS = (
+    "auc",
+    "ap",
+    "pixel_ap",
+    "best_dice",
+    "recon_error_train_normal",
+    "recon_error_val_normal",
+    "recon_error_test_normal",
+    "recon_error_test_abnormal",
+)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -159,7 +169,7 @@ class RunData:
     trials: pd.DataFrame | None = None
     history: pd.DataFrame | None = None
     scores: pd.DataFrame | None = None
-    examples: dict | None = None
+    examples: _Examples | None = None
     space: dict | None = None
     space_text: str | None = None
     meta: dict | None = None
@@ -202,8 +212,14 @@ def load_run(run_dir: Path | str) -> RunData:
     ex_path = run_dir / "examples.json"
     if ex_path.is_file():
         try:
-            run.examples = json.loads(ex_path.read_text(encoding="utf-8"))
+            text = ex_path.read_text(encoding="utf-8")
+            if len(text) <= 5_000_000:  # small enough to check it all
+                json.loads(text)
+            run.examples = _Examples(text)
+            if not len(run.examples) and text.strip() != "{}":
+                raise ValueError("no trial entries found")
         except (OSError, ValueError) as exc:
+            run.examples = None
             notes["examples"] = f"examples.json could not be read ({exc})"
     else:
         notes["examples"] = "examples.json is missing"
@@ -337,6 +353,138 @@ def _atomic_write(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------- page
 
 
+class _Fig:
+    """A Plotly figure as a plain dict on a grid of subplots (no validation: fast).
+
+    ``add(trace, row, col)`` places a trace dict; ``x(row, col)`` / ``y(row, col)`` are the
+    axis layout dicts to fill; ``to_dict(**layout)`` gives ``{"data", "layout"}``.
+    """
+
+    def __init__(
+        self,
+        rows: int = 1,
+        cols: int = 1,
+        *,
+        titles: Sequence[str] = (),
+        hspace: float = 0.08,
+        vspace: float = 0.12,
+        widths: Sequence[float] | None = None,
+        title_size: int = 14,
+    ) -> None:
+        self.rows, self.cols = rows, cols
+        self.data: list[dict] = []
+        self.layout: dict[str, Any] = {}
+        self.annotations: list[dict] = []
+        rel = np.asarray(widths if widths is not None else [1.0] * cols, dtype=float)
+        rel = rel / rel.sum()
+        avail_w = 1 - hspace * (cols - 1)
+        h = (1 - vspace * (rows - 1)) / rows
+        for r in range(rows):
+            x0 = 0.0
+            for c in range(cols):
+                w = avail_w * rel[c]
+                k = r * cols + c + 1
+                y1 = 1 - r * (h + vspace)
+                self.layout[_axis_name("xaxis", k)] = {
+                    "domain": [x0, min(1.0, x0 + w)],
+                    "anchor": f"y{k}",
+                }
+                self.layout[_axis_name("yaxis", k)] = {
+                    "domain": [max(0.0, y1 - h), y1],
+                    "anchor": f"x{k}",
+                }
+                if k - 1 < len(titles) and titles[k - 1]:
+                    self.annotations.append(
+                        dict(
+                            text=titles[k - 1],
+                            x=x0 + w / 2,
+                            y=y1,
+                            xref="paper",
+                            yref="paper",
+                            xanchor="center",
+                            yanchor="bottom",
+                            showarrow=False,
+                            font=dict(size=title_size),
+                        )
+                    )
+                x0 += w + hspace
+
+    def _k(self, row: int, col: int) -> int:
+        return (row - 1) * self.cols + col
+
+    def add(self, trace: dict, row: int = 1, col: int = 1) -> None:
+        k = self._k(row, col)
+        trace["xaxis"] = "x" if k == 1 else f"x{k}"
+        trace["yaxis"] = "y" if k == 1 else f"y{k}"
+        self.data.append(trace)
+
+    def x(self, row: int = 1, col: int = 1) -> dict:
+        return self.layout[_axis_name("xaxis", self._k(row, col))]
+
+    def y(self, row: int = 1, col: int = 1) -> dict:
+        return self.layout[_axis_name("yaxis", self._k(row, col))]
+
+    def hide_unused(self, used: int) -> None:
+        for k in range(used + 1, self.rows * self.cols + 1):
+            self.layout[_axis_name("xaxis", k)]["visible"] = False
+            self.layout[_axis_name("yaxis", k)]["visible"] = False
+
+    def to_dict(self, **layout: Any) -> dict:
+        lay = {**self.layout, **layout}
+        lay["annotations"] = [*self.annotations, *layout.get("annotations", [])]
+        return {"data": self.data, "layout": lay}
+
+
+def _title(text: str) -> dict:
+    return {"text": text}
+
+
+def _arr(values: Any, digits: int = 5) -> list:
+    """Rounded floats with None for missing values (compact JSON)."""
+    a = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    a = np.round(a, digits)
+    return [None if not math.isfinite(v) else float(v) for v in a]
+
+
+class _Examples:
+    """examples.json, decoded one trial at a time.
+
+    The file maps trial ids to small dicts of nested lists; it grows with the number of
+    trials (hundreds of MB for a large study), so only the trials shown are decoded.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._cache: dict[str, dict | None] = {}
+        # top-level entries are "<trial id>":{...}; inside them no value is an object, so
+        # every '":{' (or '": {') closes a top-level key
+        self._pos: dict[str, int] = {}
+        for sep in ('":{', '": {'):
+            pos = text.find(sep)
+            while pos != -1:
+                start = text.rfind('"', 0, pos)
+                self._pos[text[start + 1 : pos]] = pos + len(sep) - 1
+                pos = text.find(sep, pos + len(sep))
+
+    def __contains__(self, trial_id: object) -> bool:
+        return str(trial_id) in self._pos
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def get(self, trial_id: str) -> dict | None:
+        trial_id = str(trial_id)
+        if trial_id not in self._cache:
+            obj = None
+            if trial_id in self._pos:
+                try:
+                    obj, _ = json.JSONDecoder().raw_decode(self._text, self._pos[trial_id])
+                except ValueError:
+                    obj = None
+            self._cache[trial_id] = obj if isinstance(obj, dict) else None
+        return self._cache[trial_id]
+
+
 class _Page:
     """Collects sections and figures; every figure becomes one Plotly div."""
 
@@ -404,6 +552,9 @@ class _Ctx:
     entropy_col: str
     max_curves: int
     page: _Page
+    summary: dict[str, pd.DataFrame] = field(default_factory=dict)
+    hover: pd.Series = field(default_factory=lambda: pd.Series(dtype=str))
+    cache: dict = field(default_factory=dict)
 
 
 def _partial_reasons(run: RunData) -> list[str]:
@@ -497,7 +648,7 @@ def _robustness_table(ctx: _Ctx) -> str:
     if len(cols) < 2:
         return ""
     rows = []
-    for v in ctx.verdicts:
+    for v in ctx.verdicts[:MAX_PANELS]:
         g = ctx.done[ctx.done["_stratum"] == v.stratum]
         if v.best_latent_dim is None:
             continue
@@ -509,109 +660,138 @@ def _robustness_table(ctx: _Ctx) -> str:
                 branch="over-capacity",
                 expected_sign=-1,
                 entropy_col=c,
-                n_boot=400,
-                n_perm=400,
+                n_boot=300,
+                n_perm=300,
             )
             rho = "–" if not math.isfinite(b.rho) else f"{b.rho:+.2f}"
             cells.append(f"<td>{rho} {_verdict_badge(b.verdict)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     if not rows:
         return ""
+    n = len(ctx.verdicts)
+    more = f"; the first {MAX_PANELS} of {n} strata" if n > MAX_PANELS else ""
     head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
     return (
         "<h3>Does the verdict depend on the estimator?</h3>"
-        "<p class='note'>Over-capacity Spearman ρ for each latent statistic (400 bootstrap "
-        "and 400 permutation resamples each).</p>"
+        "<p class='note'>Over-capacity Spearman ρ for each latent statistic (300 bootstrap "
+        f"and 300 permutation resamples each){more}.</p>"
         f"<div class='tablewrap'><table class='data'><thead><tr><th>stratum</th>{head}</tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
-def _agg(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    d = df[["_stratum", "dataset", "model", "latent_dim"]].copy()
-    d["v"] = _finite(df[metric])
-    d = d.dropna(subset=["v"])
-    return (
-        d.groupby(["_stratum", "dataset", "model", "latent_dim"], sort=False)["v"]
-        .agg(["mean", "std", "count"])
-        .reset_index()
-        .sort_values(["_stratum", "latent_dim"], kind="stable")
-    )
+_EMPTY_AGG = pd.DataFrame(columns=["_stratum", "latent_dim", "mean", "std", "count"])
+
+
+def _agg(ctx: _Ctx, metric: str, stratum: str | None = None) -> pd.DataFrame:
+    """Mean/std/count over seeds per latent_dim of ``metric`` (all strata, or one)."""
+    df = ctx.summary.get(metric)
+    if df is None:
+        return _EMPTY_AGG
+    if stratum is None:
+        return df
+    key = ("by-stratum", metric)
+    if key not in ctx.cache:
+        ctx.cache[key] = {s: g for s, g in df.groupby("_stratum", sort=False)}
+    return ctx.cache[key].get(stratum, _EMPTY_AGG)
+
+
+def _summaries(done: pd.DataFrame, order: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Mean, std and count over seeds per (stratum, latent_dim) of every numeric metric,
+    computed once; strata in ``order``, latent_dim ascending."""
+    if done.empty:
+        return {}
+    cols = [c for c in SUMMARY_COLUMNS if c in done.columns]
+    num = done[["_stratum", "latent_dim"]].copy()
+    for c in cols:
+        num[c] = _finite(done[c])
+    g = num.groupby(["_stratum", "latent_dim"], sort=True)
+    mean, std, count = g.mean(), g.std(), g.count()
+    first = done.groupby("_stratum", sort=False)[["dataset", "model"]].first()
+    rank = {s: i for i, s in enumerate(order)}
+    out = {}
+    for c in cols:
+        df = pd.DataFrame({"mean": mean[c], "std": std[c], "count": count[c]}).reset_index()
+        df = df[df["count"] > 0]
+        df["dataset"] = df["_stratum"].map(first["dataset"]).astype(str)
+        df["model"] = df["_stratum"].map(first["model"]).astype(str)
+        df["_rank"] = df["_stratum"].map(rank).fillna(len(rank))
+        out[c] = df.sort_values(["_rank", "latent_dim"], kind="stable").drop(columns="_rank")
+    return out
 
 
 def _curve_figure(
     ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None, title: str
-) -> go.Figure:
-    fig = make_subplots(
-        rows=1,
-        cols=len(metrics),
-        subplot_titles=[f"{METRIC_LABELS.get(m, m)} vs latent dimension" for m in metrics],
+) -> dict:
+    fig = _Fig(
+        1, len(metrics), titles=[f"{METRIC_LABELS.get(m, m)} vs latent dimension" for m in metrics]
     )
     df = ctx.done
-    hover = _hover_text(df)
-    dims_all = sorted(df["latent_dim"].unique())
+    dims_all = set(int(d) for d in df["latent_dim"].unique())
     for j, metric in enumerate(metrics, start=1):
-        agg = _agg(df, metric)
+        label = METRIC_LABELS.get(metric, metric)
+        agg = _agg(ctx, metric)
         for stratum, g in agg.groupby("_stratum", sort=False):
             ds, model = g["dataset"].iloc[0], g["model"].iloc[0]
             colour = ctx.colours[ds]
             k = ctx.model_index[model]
             std = g["std"].fillna(0).to_numpy()
-            fig.add_trace(
-                go.Scatter(
-                    x=g["latent_dim"],
-                    y=g["mean"],
-                    error_y=dict(type="data", array=std, visible=True, thickness=1.2, width=4),
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=g["latent_dim"].tolist(),
+                    y=_arr(g["mean"]),
+                    error_y=dict(
+                        type="data", array=_arr(std), visible=True, thickness=1.2, width=4
+                    ),
                     mode="lines+markers",
                     name=str(stratum),
                     legendgroup=str(stratum),
                     showlegend=j == 1,
                     line=dict(color=colour, dash=MODEL_DASHES[k % len(MODEL_DASHES)], width=2.4),
                     marker=dict(symbol=MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)], size=8),
-                    customdata=np.stack([std, g["count"]], axis=1),
-                    hovertemplate=(
-                        f"<b>{_esc(stratum)}</b><br>d = %{{x}}<br>{METRIC_LABELS.get(metric)}"
-                        " = %{y:.3f} ± %{customdata[0]:.3f} (n = %{customdata[1]})<extra></extra>"
-                    ),
+                    customdata=[[round(float(s), 4), int(n)] for s, n in zip(std, g["count"])],
+                    hovertemplate=f"<b>{_esc(stratum)}</b><br>d = %{{x}}<br>{label} = %{{y:.3f}} ± "
+                    "%{customdata[0]:.3f} (n = %{customdata[1]})<extra></extra>",
                 ),
-                row=1,
-                col=j,
+                1,
+                j,
             )
             best = g.loc[g["mean"].idxmax()]
-            fig.add_trace(
-                go.Scatter(
-                    x=[best["latent_dim"]],
-                    y=[best["mean"]],
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=[int(best["latent_dim"])],
+                    y=[float(best["mean"])],
                     mode="markers",
-                    marker=dict(
-                        symbol="star", size=18, color=colour, line=dict(color="black", width=1)
-                    ),
                     name=f"best d ({stratum})",
                     legendgroup=str(stratum),
                     showlegend=False,
-                    hovertemplate=f"<b>best d for {_esc(stratum)}</b>: %{{x}}<br>"
-                    f"{METRIC_LABELS.get(metric)} = %{{y:.3f}}<extra></extra>",
+                    marker=dict(
+                        symbol="star", size=18, color=colour, line=dict(color="black", width=1)
+                    ),
+                    hovertemplate=f"<b>best d for {_esc(stratum)}</b>: %{{x}}<br>{label} = "
+                    "%{y:.3f}<extra></extra>",
                 ),
-                row=1,
-                col=j,
+                1,
+                j,
             )
             pts = df[df["_stratum"] == stratum]
-            y = _finite(pts[metric])
-            fig.add_trace(
-                go.Scatter(
-                    x=pts["latent_dim"],
-                    y=y,
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=pts["latent_dim"].tolist(),
+                    y=_arr(pts[metric], 4),
                     mode="markers",
                     legendgroup=str(stratum),
                     showlegend=False,
                     name=f"trials ({stratum})",
                     marker=dict(color=colour, size=5, opacity=0.35),
-                    text=hover.loc[pts.index],
-                    hovertemplate=f"{METRIC_LABELS.get(metric)} = %{{y:.3f}}<br>%{{text}}"
-                    "<extra></extra>",
+                    text=ctx.hover.loc[pts.index].tolist(),
+                    hovertemplate=f"{label} = %{{y:.3f}}<br>%{{text}}<extra></extra>",
                 ),
-                row=1,
-                col=j,
+                1,
+                j,
             )
         if paper is not None:
             for ds in ctx.colours:
@@ -619,10 +799,11 @@ def _curve_figure(
                 if pp.empty:
                     continue
                 pp = pp.sort_values("latent_dim")
-                fig.add_trace(
-                    go.Scatter(
-                        x=pp["latent_dim"],
-                        y=pp["mean"] / 100,
+                fig.add(
+                    dict(
+                        type="scatter",
+                        x=pp["latent_dim"].tolist(),
+                        y=_arr(pp["mean"] / 100),
                         mode="lines+markers",
                         name=f"paper: {pp['dataset'].iloc[0]} (AE)",
                         legendgroup=f"paper-{ds}",
@@ -632,20 +813,19 @@ def _curve_figure(
                         opacity=0.7,
                         hovertemplate="paper, d = %{x}: %{y:.3f}<extra></extra>",
                     ),
-                    row=1,
-                    col=j,
+                    1,
+                    j,
                 )
-                dims_all = sorted(set(dims_all) | set(pp["latent_dim"].astype(int)))
-        fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), row=1, col=j)
+                dims_all |= set(int(d) for d in pp["latent_dim"])
+        fig.y(1, j)["title"] = _title(label)
     for j in range(1, len(metrics) + 1):
-        fig.update_xaxes(**_log2_axis(dims_all), row=1, col=j)
-    fig.update_layout(
-        height=460,
+        fig.x(1, j).update(_log2_axis(sorted(dims_all)))
+    return fig.to_dict(
+        height=470,
         title=dict(text=title, x=0.01),
-        legend=dict(orientation="h", y=-0.22),
+        legend=dict(orientation="h", y=-0.2),
         hovermode="closest",
     )
-    return fig
 
 
 def _table1(ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> str:
@@ -679,11 +859,10 @@ def _table1(ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> st
 
     rows = []
     for v in ctx.verdicts:
-        g = df[df["_stratum"] == v.stratum]
         for metric in metrics:
-            if not _has_values(g, metric):
+            a = _agg(ctx, metric, v.stratum)
+            if a.empty:
                 continue
-            a = _agg(g, metric)
             vals = {int(r.latent_dim): (100 * r.mean, 100 * r.std) for r in a.itertuples()}
             rows.append(
                 f"<tr><td>{_esc(v.dataset)}</td><td>{_esc(v.model)}</td>"
@@ -737,70 +916,64 @@ def _section_entropy(ctx: _Ctx) -> None:
     default = ctx.entropy_col if ctx.entropy_col in cols else cols[0]
     datasets = list(ctx.colours)
     nr, nc = _grid(len(datasets))
-    fig = make_subplots(
-        rows=nr,
-        cols=nc,
-        subplot_titles=datasets,
-        horizontal_spacing=0.08,
-        vertical_spacing=0.16 if nr > 1 else 0.1,
-    )
+    fig = _Fig(nr, nc, titles=datasets, hspace=0.07, vspace=0.16 if nr > 1 else 0.1)
     df = ctx.done
-    hover = _hover_text(df)
-    log_d = np.log2(df["latent_dim"].astype(float))
-    dims = sorted(df["latent_dim"].unique())
+    log_d = np.log2(df["latent_dim"].astype(float)).round(4)
+    dims = sorted(int(d) for d in df["latent_dim"].unique())
     traces_x: dict[str, list] = {c: [] for c in cols}
     for i, ds in enumerate(datasets):
         r, c = divmod(i, nc)
         for model, g in df[df["dataset"] == ds].groupby("model", sort=False):
             k = ctx.model_index[model]
-            y = _finite(g["auc"])
-            fig.add_trace(
-                go.Scatter(
-                    x=_finite(g[default]),
-                    y=y,
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=_arr(g[default]),
+                    y=_arr(g["auc"], 4),
                     mode="markers",
                     name=f"{ds}/{model}",
                     showlegend=len(ctx.model_index) > 1,
                     marker=dict(
-                        color=log_d.loc[g.index],
+                        color=log_d.loc[g.index].tolist(),
                         coloraxis="coloraxis",
                         size=8,
                         symbol=MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)],
                         opacity=0.85,
                         line=dict(width=0.5, color="#333"),
                     ),
-                    text=hover.loc[g.index],
+                    text=ctx.hover.loc[g.index].tolist(),
                     hovertemplate="latent statistic = %{x:.3g}<br>AUC = %{y:.3f}<br>%{text}"
                     "<extra></extra>",
                 ),
-                row=r + 1,
-                col=c + 1,
+                r + 1,
+                c + 1,
             )
             for col in cols:
-                vals = _finite(g[col]).round(5)
-                traces_x[col].append([None if pd.isna(v) else float(v) for v in vals])
-        fig.update_yaxes(title_text="AUC", row=r + 1, col=1)
-    n_axes = nr * nc
+                traces_x[col].append(_arr(g[col]))
+        fig.y(r + 1, 1)["title"] = _title("AUC")
+    fig.hide_unused(len(datasets))
+    n_axes = len(datasets)
+    for k in range(1, n_axes + 1):
+        fig.layout[_axis_name("xaxis", k)]["title"] = _title(ENTROPY_LABELS[default])
     buttons = []
     for col in cols:
         relabel = {
-            f"{_axis_name('xaxis', i)}.title.text": ENTROPY_LABELS[col]
-            for i in range(1, n_axes + 1)
+            f"{_axis_name('xaxis', k)}.title.text": ENTROPY_LABELS[col]
+            for k in range(1, n_axes + 1)
         }
         buttons.append(dict(label=col, method="update", args=[{"x": traces_x[col]}, relabel]))
-    fig.update_xaxes(title_text=ENTROPY_LABELS[default])
-    lo, hi = float(np.log2(min(dims))), float(np.log2(max(dims)))
-    fig.update_layout(
-        height=max(420, 360 * nr + 80),
+    lo, hi = math.log2(dims[0]), math.log2(dims[-1])
+    layout = fig.to_dict(
+        height=max(430, 360 * nr + 90),
         title=dict(text="Latent statistic vs AUC, coloured by latent dimension", x=0.01),
         coloraxis=dict(
             colorscale="Viridis",
             cmin=lo,
             cmax=hi if hi > lo else lo + 1,
             colorbar=dict(
-                title=dict(text="d"),
+                title=_title("d"),
                 tickmode="array",
-                tickvals=[float(np.log2(d)) for d in dims],
+                tickvals=[round(math.log2(d), 4) for d in dims],
                 ticktext=[str(d) for d in dims],
                 len=0.9,
             ),
@@ -819,9 +992,10 @@ def _section_entropy(ctx: _Ctx) -> None:
             )
         ],
         legend=dict(orientation="h", y=-0.15),
+        margin=dict(t=90),
     )
     body = ctx.page.figure(
-        fig,
+        layout,
         "Each dot is a completed trial (hover for its config). Pick the latent statistic with "
         "the menu at the top right. The paper predicts AUC to fall as entropy grows beyond the "
         "best latent dimension.",
@@ -841,27 +1015,21 @@ def _section_recon(ctx: _Ctx) -> None:
     if not splits:
         ctx.page.add("recon", title, _na("Reconstruction errors", "no recon_error_* columns"))
         return
-    strata = [v.stratum for v in ctx.verdicts][:12]
+    strata = [v.stratum for v in ctx.verdicts][:MAX_PANELS]
     nr, nc = _grid(len(strata))
-    fig = make_subplots(
-        rows=nr,
-        cols=nc,
-        subplot_titles=strata,
-        horizontal_spacing=0.07,
-        vertical_spacing=0.16 if nr > 1 else 0.1,
-    )
+    fig = _Fig(nr, nc, titles=strata, hspace=0.07, vspace=0.16 if nr > 1 else 0.1)
     unit = _score_unit(ctx.done)
     for i, stratum in enumerate(strata):
         r, c = divmod(i, nc)
-        g = ctx.done[ctx.done["_stratum"] == stratum]
         for col, label, colour, dash in splits:
-            if not _has_values(g, col):
+            a = _agg(ctx, col, stratum)
+            if a.empty:
                 continue
-            a = _agg(g, col)
-            fig.add_trace(
-                go.Scatter(
-                    x=a["latent_dim"],
-                    y=a["mean"],
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=a["latent_dim"].tolist(),
+                    y=_arr(a["mean"], 6),
                     name=label,
                     legendgroup=label,
                     showlegend=i == 0,
@@ -869,26 +1037,37 @@ def _section_recon(ctx: _Ctx) -> None:
                     line=dict(color=colour, dash=dash, width=2.2),
                     marker=dict(size=6),
                     error_y=dict(
-                        type="data", array=a["std"].fillna(0), visible=True, thickness=1, width=3
+                        type="data",
+                        array=_arr(a["std"].fillna(0), 6),
+                        visible=True,
+                        thickness=1,
+                        width=3,
                     ),
                     hovertemplate=f"{label}<br>d = %{{x}}<br>{unit} = %{{y:.4g}}<extra></extra>",
                 ),
-                row=r + 1,
-                col=c + 1,
+                r + 1,
+                c + 1,
             )
-        fig.update_xaxes(**_log2_axis(g["latent_dim"].unique()), row=r + 1, col=c + 1)
+        dims = ctx.done.loc[ctx.done["_stratum"] == stratum, "latent_dim"].unique()
+        fig.x(r + 1, c + 1).update(_log2_axis(dims))
         if c == 0:
-            fig.update_yaxes(title_text=unit, row=r + 1, col=1)
-    fig.update_layout(
-        height=max(400, 340 * nr + 80),
+            fig.y(r + 1, 1)["title"] = _title(unit)
+    fig.hide_unused(len(strata))
+    spec = fig.to_dict(
+        height=max(400, 340 * nr + 90),
         legend=dict(orientation="h", y=-0.18),
         title=dict(text="Reconstruction error by split (the paper's Figure 3)", x=0.01),
     )
+    more = (
+        f" First {len(strata)} of {len(ctx.verdicts)} strata."
+        if len(ctx.verdicts) > len(strata)
+        else ""
+    )
     body = ctx.page.figure(
-        fig,
+        spec,
         "Mean ± std over seeds of the per-image reconstruction error. Over capacity the "
         "abnormal error falls towards the normal one: the autoencoder starts to reconstruct "
-        "anomalies too.",
+        "anomalies too." + more,
     )
     ctx.page.add("recon", title, body)
 
@@ -900,7 +1079,7 @@ def _section_pixel(ctx: _Ctx) -> None:
         ctx.page.add("pixel", title, _na("Pixel AP and best Dice", "no data set with masks"))
         return
     sub = ctx.done[ctx.done[metrics].apply(_finite).notna().any(axis=1)]
-    sub_ctx = _Ctx(**{**ctx.__dict__, "done": sub})
+    sub_ctx = replace(ctx, done=sub)
     fig = _curve_figure(sub_ctx, metrics, None, "Pixel-level metrics vs latent dimension")
     body = ctx.page.figure(fig, "Mean ± std over seeds; only data sets with anomaly masks.")
     ctx.page.add("pixel", title, body)
@@ -921,7 +1100,15 @@ def _section_methods(ctx: _Ctx, paper2: pd.DataFrame | None) -> None:
         return
     df = ctx.done
     datasets = list(ctx.colours)
-    metrics = [m for m in ("auc", "ap", "pixel_ap", "best_dice") if _has_values(df, m)]
+    metrics = [m for m in ("auc", "ap", "pixel_ap", "best_dice") if m in ctx.summary]
+    stratum_of = {(v.dataset, v.model): v.stratum for v in ctx.verdicts}
+    lookup = {}
+    for m in metrics:
+        t = ctx.summary[m]
+        lookup[m] = {
+            (st, int(d)): (mu, sd)
+            for st, d, mu, sd in zip(t["_stratum"], t["latent_dim"], t["mean"], t["std"])
+        }
     common = sorted(set.intersection(*[set(g["latent_dim"]) for _, g in df.groupby("model")]))
     common_d = 16 if 16 in common else (common[len(common) // 2] if common else None)
     rows: list[tuple[str, str, dict]] = []  # (row label, css class, {(ds, metric): text})
@@ -934,12 +1121,11 @@ def _section_methods(ctx: _Ctx, paper2: pd.DataFrame | None) -> None:
             cells = {}
             for ds in datasets:
                 dd = d if kind == "common" else best_d.get((ds, model))
-                g = df[(df["dataset"] == ds) & (df["model"] == model) & (df["latent_dim"] == dd)]
+                key = (stratum_of.get((ds, model)), dd)
                 for m in metrics:
-                    x = _finite(g[m]).dropna() if len(g) else pd.Series(dtype=float)
-                    if x.empty:
+                    if key not in lookup[m]:
                         continue
-                    mean, std = 100 * x.mean(), 100 * x.std()
+                    mean, std = (100 * v for v in lookup[m][key])
                     txt = f"{mean:.1f}" + (f" ± {std:.1f}" if math.isfinite(std) else "")
                     if kind == "best":
                         txt += f" <span class='muted'>(d={dd})</span>"
@@ -997,18 +1183,21 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
         names = sorted(optuna.get_all_study_names(storage=url))
     except Exception as exc:  # noqa: BLE001 - a broken database is reported, not raised
         return "", [f"optuna.db could not be read ({type(exc).__name__}: {exc})"]
-    names = names[:8]
+    if len(names) > MAX_PANELS:
+        notes.append(f"first {MAX_PANELS} of {len(names)} Optuna studies shown")
+    names = names[:MAX_PANELS]
     if not names:
         return "", ["optuna.db holds no study"]
-    fig = make_subplots(
-        rows=len(names),
-        cols=2,
-        column_widths=[0.62, 0.38],
-        horizontal_spacing=0.14,
-        vertical_spacing=min(0.12, 0.5 / max(1, len(names))),
-        subplot_titles=[
-            t for n in names for t in (f"{n}: optimisation history", f"{n}: parameter importance")
-        ],
+    titles = [
+        t for n in names for t in (f"{n}: optimisation history", f"{n}: parameter importance")
+    ]
+    fig = _Fig(
+        len(names),
+        2,
+        titles=titles,
+        widths=[0.62, 0.38],
+        hspace=0.16,
+        vspace=min(0.12, 0.5 / len(names)),
     )
     for i, name in enumerate(names, start=1):
         try:
@@ -1024,15 +1213,16 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
         if not trials:
             notes.append(f"study {name!r} has no completed trial")
             continue
-        direction = study.direction.name.lower()
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         x = [t.number for t in trials]
         y = [float(t.value) for t in trials]
-        run_best = np.maximum.accumulate(y) if direction == "maximize" else np.minimum.accumulate(y)
-        txt = ["<br>".join(f"{k}: {v}" for k, v in t.params.items()) for t in trials]
-        fig.add_trace(
-            go.Scatter(
+        run_best = np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y)
+        txt = ["<br>".join(f"{k}: {_fmt(v, 4)}" for k, v in t.params.items()) for t in trials]
+        fig.add(
+            dict(
+                type="scatter",
                 x=x,
-                y=y,
+                y=_arr(y),
                 mode="markers",
                 name="trial value",
                 marker=dict(color="#0072B2", size=6),
@@ -1041,24 +1231,25 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
                 text=txt,
                 hovertemplate="trial %{x}: %{y:.4f}<br>%{text}<extra></extra>",
             ),
-            row=i,
-            col=1,
+            i,
+            1,
         )
-        fig.add_trace(
-            go.Scatter(
+        fig.add(
+            dict(
+                type="scatter",
                 x=x,
-                y=run_best,
+                y=_arr(run_best),
                 mode="lines",
                 name="best so far",
                 line=dict(color="#D55E00", width=2, shape="hv"),
                 showlegend=i == 1,
                 legendgroup="best",
             ),
-            row=i,
-            col=1,
+            i,
+            1,
         )
-        fig.update_xaxes(title_text="trial number", row=i, col=1)
-        fig.update_yaxes(title_text="objective (AUC)", row=i, col=1)
+        fig.x(i, 1)["title"] = _title("trial number")
+        fig.y(i, 1)["title"] = _title("objective (AUC)")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -1070,29 +1261,32 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
             imp = {}
         if imp:
             keys = list(imp)[::-1]
-            fig.add_trace(
-                go.Bar(
-                    x=[imp[k] for k in keys],
+            fig.add(
+                dict(
+                    type="bar",
+                    x=_arr([imp[k] for k in keys], 4),
                     y=keys,
                     orientation="h",
-                    marker_color="#009E73",
+                    marker=dict(color="#009E73"),
                     showlegend=False,
                     hovertemplate="%{y}: %{x:.3f}<extra></extra>",
                 ),
-                row=i,
-                col=2,
+                i,
+                2,
             )
-            fig.update_xaxes(title_text="importance (fANOVA)", row=i, col=2)
-    fig.update_layout(
-        height=300 * len(names) + 120,
+            fig.x(i, 2)["title"] = _title("importance (fANOVA)")
+            fig.y(i, 2)["automargin"] = True
+    spec = fig.to_dict(
+        height=300 * len(names) + 130,
         legend=dict(orientation="h", y=-0.08),
         title=dict(text="Optuna search per stratum", x=0.01),
     )
-    return ctx.page.figure(
-        fig,
+    html_ = ctx.page.figure(
+        spec,
         "From optuna.db: objective per trial and the best so far; "
         "fANOVA importance of each searched parameter.",
-    ), notes
+    )
+    return html_, notes
 
 
 def _learning_curves(ctx: _Ctx) -> str:
@@ -1100,35 +1294,35 @@ def _learning_curves(ctx: _Ctx) -> str:
     if hist is None or not {"trial_id", "epoch", "auc"} <= set(hist.columns):
         why = ctx.run.notes.get("history", "history.parquet has no trial_id/epoch/auc")
         return _na("Learning curves", why)
-    h = hist[["trial_id", "epoch", "auc"]].copy()
-    h["auc"] = _finite(h["auc"])
-    h = h.dropna(subset=["epoch"])
     t = ctx.all_trials
     if "trial_id" not in t.columns:
         return _na("Learning curves", "the trials table has no trial_id")
+    h = hist[["trial_id", "epoch", "auc"]].copy()
+    h["trial_id"] = h["trial_id"].astype(str)
+    h["auc"] = _finite(h["auc"])
+    h["epoch"] = _finite(h["epoch"])
+    h = h.dropna(subset=["epoch"])
     keep = ["trial_id", "_stratum", "latent_dim", "seed", "status"]
-    meta = t[[c for c in keep if c in t.columns]].drop_duplicates("trial_id")
+    meta = t[[c for c in keep if c in t.columns]].drop_duplicates("trial_id").copy()
+    meta["trial_id"] = meta["trial_id"].astype(str)
     h = h.merge(meta, on="trial_id", how="inner")
-    h = h[pd.to_numeric(h["latent_dim"], errors="coerce").notna()]
+    h = h[_finite(h["latent_dim"]) > 0]
     if h.empty:
         return _na("Learning curves", "no history rows match the trials")
     ids = pd.Series(h["trial_id"].unique())
     shown = ids if len(ids) <= ctx.max_curves else ids.sample(ctx.max_curves, random_state=0)
-    h = h[h["trial_id"].isin(set(shown))].sort_values(["trial_id", "epoch"])
-    strata = list(dict.fromkeys(v.stratum for v in ctx.verdicts)) or list(h["_stratum"].unique())
-    strata = [s for s in strata if s in set(h["_stratum"])][:12]
+    h = h[h["trial_id"].isin(set(shown))].sort_values(["trial_id", "epoch"], kind="stable")
+    order = [v.stratum for v in ctx.verdicts] + list(h["_stratum"].unique())
+    present = set(h["_stratum"])
+    strata = [s for s in dict.fromkeys(order) if s in present][:MAX_PANELS]
     nr, nc = _grid(len(strata))
-    fig = make_subplots(
-        rows=nr,
-        cols=nc,
-        subplot_titles=strata,
-        horizontal_spacing=0.07,
-        vertical_spacing=0.16 if nr > 1 else 0.1,
-    )
-    dims = sorted(int(d) for d in h["latent_dim"].unique())
+    fig = _Fig(nr, nc, titles=strata, hspace=0.07, vspace=0.16 if nr > 1 else 0.1)
+    h["latent_dim"] = h["latent_dim"].astype(int)
+    dims = sorted(h["latent_dim"].unique())
     lo, hi = math.log2(dims[0]), math.log2(dims[-1])
     span = hi - lo if hi > lo else 1.0
     colours = {d: sample_colorscale("Viridis", [(math.log2(d) - lo) / span])[0] for d in dims}
+    shown_legend: set[int] = set()
     for i, stratum in enumerate(strata):
         r, c = divmod(i, nc)
         g = h[h["_stratum"] == stratum]
@@ -1139,37 +1333,40 @@ def _learning_curves(ctx: _Ctx) -> str:
             for tid, gt in gd.groupby("trial_id", sort=False):
                 seed = gt["seed"].iloc[0] if "seed" in gt.columns else ""
                 status = gt["status"].iloc[0] if "status" in gt.columns else ""
-                xs += [*gt["epoch"].tolist(), None]
-                ys += [*[None if pd.isna(v) else round(float(v), 4) for v in gt["auc"]], None]
                 label = f"trial {tid}<br>d = {int(d)}, seed {seed}<br>{status}"
+                xs += [*gt["epoch"].tolist(), None]
+                ys += [*_arr(gt["auc"], 4), None]
                 texts += [label] * len(gt) + [None]
-            fig.add_trace(
-                go.Scatter(
+            fig.add(
+                dict(
+                    type="scatter",
                     x=xs,
                     y=ys,
                     text=texts,
                     mode="lines",
                     name=f"d = {int(d)}",
                     legendgroup=f"d{int(d)}",
-                    showlegend=i == 0,
+                    showlegend=int(d) not in shown_legend,
                     line=dict(color=colours[int(d)], width=1.3),
                     opacity=0.8,
                     hovertemplate="%{text}<br>epoch %{x}: AUC %{y:.3f}<extra></extra>",
                 ),
-                row=r + 1,
-                col=c + 1,
+                r + 1,
+                c + 1,
             )
-        fig.update_xaxes(title_text="epoch", row=r + 1, col=c + 1)
+            shown_legend.add(int(d))
+        fig.x(r + 1, c + 1)["title"] = _title("epoch")
         if c == 0:
-            fig.update_yaxes(title_text="AUC", row=r + 1, col=1)
-    fig.update_layout(
-        height=max(380, 320 * nr + 80),
+            fig.y(r + 1, 1)["title"] = _title("AUC")
+    fig.hide_unused(len(strata))
+    spec = fig.to_dict(
+        height=max(380, 320 * nr + 90),
         title=dict(text="Learning curves: test AUC per evaluation", x=0.01),
-        legend=dict(title=dict(text="latent dim")),
+        legend=dict(title=_title("latent dim")),
     )
     cap = f"{len(shown)} of {len(ids)} trials shown"
     cap += " (a fixed random subset)." if len(shown) < len(ids) else "."
-    return ctx.page.figure(fig, cap)
+    return ctx.page.figure(spec, cap)
 
 
 def _section_search(ctx: _Ctx) -> None:
@@ -1236,8 +1433,11 @@ def _image_2d(a: Any, max_side: int = 64) -> np.ndarray | None:
 
 
 def _pick_example_trials(ctx: _Ctx, v: H.StratumVerdict) -> list[tuple[str, int, str]]:
-    ex = ctx.run.examples or {}
-    g = ctx.done[(ctx.done["_stratum"] == v.stratum) & ctx.done["trial_id"].astype(str).isin(ex)]
+    ex = ctx.run.examples
+    if ex is None or "trial_id" not in ctx.done.columns:
+        return []
+    g = ctx.done[ctx.done["_stratum"] == v.stratum]
+    g = g[g["trial_id"].astype(str).map(lambda t: t in ex)]
     if g.empty:
         return []
     dims = sorted(g["latent_dim"].unique())
@@ -1247,11 +1447,13 @@ def _pick_example_trials(ctx: _Ctx, v: H.StratumVerdict) -> list[tuple[str, int,
         if d is None or d in seen:
             continue
         gd = g[g["latent_dim"] == d]
-        if gd.empty:
-            continue
-        seen.add(d)
-        row = gd.sort_values("seed").iloc[0] if "seed" in gd.columns else gd.iloc[0]
-        out.append((str(row["trial_id"]), int(d), label))
+        if "seed" in gd.columns:
+            gd = gd.sort_values("seed", kind="stable")
+        for tid in gd["trial_id"].astype(str):
+            if ex.get(tid) is not None:
+                seen.add(d)
+                out.append((tid, int(d), label))
+                break
     return out
 
 
@@ -1265,78 +1467,45 @@ def _typed(arr: np.ndarray) -> dict:
     }
 
 
-def _grid_domains(
-    rows: int, cols: int, hspace: float, vspace: float
-) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
-    """(axis number, x domain, y domain) of a rows x cols grid, row-major, row 1 on top."""
-    w = (1 - hspace * (cols - 1)) / cols
-    h = (1 - vspace * (rows - 1)) / rows
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            x0 = c * (w + hspace)
-            y1 = 1 - r * (h + vspace)
-            out.append((r * cols + c + 1, (x0, x0 + w), (y1 - h, y1)))
-    return out
-
-
 def _examples_figure(ctx: _Ctx, v: H.StratumVerdict, picks, n_per_class: int = 3) -> str:
     """One row per test image; columns: input, mask, and reconstruction and anomaly map at
-    the small, best and large latent dimension. Built as a plain dict: dozens of small
-    heatmaps go through plotly's validation slowly."""
+    the small, best and large latent dimension."""
     ex = ctx.run.examples
-    first = ex[picks[0][0]]
+    entries = {tid: ex.get(tid) or {} for tid, _, _ in picks}
+    first = entries[picks[0][0]]
     labels = list(first.get("labels") or [])
     rows_idx = [i for i, y in enumerate(labels) if y == 0][:n_per_class]
     rows_idx += [i for i, y in enumerate(labels) if y == 1][:n_per_class]
     if not rows_idx:
         return ""
-    has_mask = first.get("masks") is not None
     col_specs: list[tuple[str, str, str | None]] = [("input", "inputs", None)]
-    if has_mask:
+    if first.get("masks") is not None:
         col_specs.append(("mask", "masks", None))
     for tid, d, label in picks:
         col_specs.append((f"reconstruction<br>d = {d} ({label})", "reconstructions", tid))
         col_specs.append((f"anomaly map<br>d = {d}", "anomaly_maps", tid))
     n_rows, n_cols = len(rows_idx), len(col_specs)
-    cells = _grid_domains(n_rows, n_cols, hspace=0.008, vspace=0.02)
+    fig = _Fig(
+        n_rows, n_cols, titles=[c[0] for c in col_specs], hspace=0.008, vspace=0.02, title_size=11
+    )
     maps = []
     for _, key, tid in col_specs:
         if key == "anomaly_maps":
-            arr = ex[tid].get(key) or []
+            arr = entries[tid].get(key) or []
             maps += [np.asarray(arr[i], dtype=np.float32).ravel() for i in rows_idx if i < len(arr)]
     vmax = float(np.nanpercentile(np.concatenate(maps), 99)) if maps else 1.0
     if not math.isfinite(vmax) or vmax <= 0:
         vmax = 1.0
-    data: list[dict] = []
-    layout: dict[str, Any] = {}
-    annotations = []
-    for c, (clabel, key, tid) in enumerate(col_specs):
-        src = ex[tid] if tid is not None else first
-        arr = src.get(key) or []
+    for c, (clabel, key, tid) in enumerate(col_specs, start=1):
+        arr = (entries[tid] if tid is not None else first).get(key) or []
         what = clabel.replace("<br>", ", ")
-        _, (x0, x1), _ = cells[c]
-        annotations.append(
-            dict(
-                text=clabel,
-                x=(x0 + x1) / 2,
-                y=1.0,
-                xref="paper",
-                yref="paper",
-                yanchor="bottom",
-                showarrow=False,
-                font=dict(size=11),
-            )
-        )
-        for r, i in enumerate(rows_idx):
-            k, xd, yd = cells[r * n_cols + c]
-            xa, ya = _axis_name("xaxis", k), _axis_name("yaxis", k)
-            layout[xa] = dict(domain=xd, anchor=f"y{k}", visible=False)
-            layout[ya] = dict(
-                domain=yd,
-                anchor=f"x{k}",
+        for r, i in enumerate(rows_idx, start=1):
+            xa, ya = fig.x(r, c), fig.y(r, c)
+            xa["visible"] = False
+            k = fig._k(r, c)
+            ya.update(
                 autorange="reversed",
-                scaleanchor=f"x{k}",
+                scaleanchor=f"x{k}" if k > 1 else "x",
                 constrain="domain",
                 showticklabels=False,
                 showgrid=False,
@@ -1344,19 +1513,15 @@ def _examples_figure(ctx: _Ctx, v: H.StratumVerdict, picks, n_per_class: int = 3
                 showline=False,
                 ticks="",
             )
-            if c == 0:
+            if c == 1:
                 kind = "normal" if labels[i] == 0 else "abnormal"
-                layout[ya]["title"] = dict(text=f"{kind} #{i}", font=dict(size=12))
-            if i >= len(arr):
-                continue
-            img = _image_2d(arr[i])
+                ya["title"] = dict(text=f"{kind} #{i}", font=dict(size=12))
+            img = _image_2d(arr[i]) if i < len(arr) else None
             if img is None:
                 continue
             trace = dict(
                 type="heatmap",
                 z=_typed(img),
-                xaxis=f"x{k}",
-                yaxis=f"y{k}",
                 hovertemplate=f"{what}<br>x %{{x}}, y %{{y}}: %{{z:.3f}}<extra></extra>",
             )
             if key == "anomaly_maps":
@@ -1365,24 +1530,23 @@ def _examples_figure(ctx: _Ctx, v: H.StratumVerdict, picks, n_per_class: int = 3
                 trace.update(colorscale="Greys", reversescale=True, zmin=0, zmax=1, showscale=False)
             else:
                 trace["coloraxis"] = "coloraxis"
-            data.append(trace)
-    layout.update(
+            fig.add(trace, r, c)
+    spec = fig.to_dict(
         height=min(1500, 118 * n_rows + 130),
         title=dict(
             text=f"{_esc(v.stratum)}: test images, reconstructions and anomaly maps", x=0.01
         ),
-        annotations=annotations,
         coloraxis=dict(colorscale="Greys", reversescale=True, cmin=-1, cmax=1, showscale=False),
         coloraxis2=dict(
             colorscale="Inferno",
             cmin=0,
             cmax=vmax,
-            colorbar=dict(title=dict(text="score"), len=0.6, thickness=14),
+            colorbar=dict(title=_title("score"), len=0.6, thickness=14),
         ),
         margin=dict(l=80, r=20, t=100, b=10),
     )
     return ctx.page.figure(
-        {"data": data, "layout": layout},
+        spec,
         "Rows: normal and abnormal test images. Columns: input, mask (when annotated), and "
         "the reconstruction and anomaly map at the smallest, best and largest latent "
         "dimension (first seed).",
@@ -1400,51 +1564,45 @@ def _scores_figure(ctx: _Ctx, strata: list[H.StratumVerdict]) -> str:
             continue
         dims = sorted(g["latent_dim"].unique())
         picks = dict.fromkeys([dims[0], v.best_latent_dim, dims[-1]])
-        rows.append((v, [d for d in picks if d is not None]))
+        rows.append((v, g, [d for d in picks if d is not None]))
     if not rows:
         return ""
-    ncol = max(len(p) for _, p in rows)
+    ncol = max(len(p) for _, _, p in rows)
     titles = []
-    for v, picks in rows:
+    for v, _, picks in rows:
         titles += [f"{v.stratum}, d = {d}" for d in picks] + [""] * (ncol - len(picks))
-    fig = make_subplots(
-        rows=len(rows),
-        cols=ncol,
-        subplot_titles=titles,
-        vertical_spacing=min(0.14, 0.7 / len(rows)),
-    )
-    for r, (v, picks) in enumerate(rows, start=1):
-        g = ctx.done[ctx.done["_stratum"] == v.stratum]
+    fig = _Fig(len(rows), ncol, titles=titles, vspace=min(0.14, 0.7 / len(rows)))
+    sc_ids = sc["trial_id"].astype(str)
+    for r, (_, g, picks) in enumerate(rows, start=1):
         for c, d in enumerate(picks, start=1):
             ids = set(g.loc[g["latent_dim"] == d, "trial_id"].astype(str))
-            s = sc[sc["trial_id"].astype(str).isin(ids)]
-            s = _subsample(s, 4000)
+            s = _subsample(sc[sc_ids.isin(ids)], 4000)
             for lab, name, colour in ((0, "normal", "#2ca02c"), (1, "abnormal", "#d62728")):
-                vals = _finite(s.loc[s["label"] == lab, "score"]).dropna()
-                fig.add_trace(
-                    go.Histogram(
-                        x=vals.round(5),
+                fig.add(
+                    dict(
+                        type="histogram",
+                        x=_arr(s.loc[s["label"] == lab, "score"]),
                         name=name,
                         legendgroup=name,
                         showlegend=r == 1 and c == 1,
                         opacity=0.6,
-                        marker_color=colour,
+                        marker=dict(color=colour),
                         nbinsx=40,
                         histnorm="probability density",
                     ),
-                    row=r,
-                    col=c,
+                    r,
+                    c,
                 )
             if r == len(rows):
-                fig.update_xaxes(title_text="anomaly score", row=r, col=c)
-        fig.update_yaxes(title_text="density", row=r, col=1)
-    fig.update_layout(
+                fig.x(r, c)["title"] = _title("anomaly score")
+        fig.y(r, 1)["title"] = _title("density")
+    spec = fig.to_dict(
         barmode="overlay",
         height=270 * len(rows) + 130,
         title=dict(text="Anomaly scores of normal and abnormal test images", x=0.01),
         legend=dict(orientation="h", y=-0.1),
     )
-    return ctx.page.figure(fig, "Pooled over seeds; small, best and large latent dimension.")
+    return ctx.page.figure(spec, "Pooled over seeds; small, best and large latent dimension.")
 
 
 def _section_examples(ctx: _Ctx) -> None:
@@ -1613,7 +1771,10 @@ def render_report(
     datasets = list(dict.fromkeys(done["dataset"].astype(str))) if len(done) else []
     models = list(dict.fromkeys(done["model"].astype(str))) if len(done) else []
     colours = {ds: DATASET_COLOURS[i % len(DATASET_COLOURS)] for i, ds in enumerate(datasets)}
+    order = [v.stratum for v in verdict_list]
     ctx = _Ctx(
+        summary=_summaries(done, order),
+        hover=_hover_text(done),
         run=run,
         done=done,
         all_trials=all_trials,

@@ -423,6 +423,9 @@ class RunTables:
     @classmethod
     def load(cls, run_dir: Path) -> RunTables:
         tables = cls(run_dir)
+        for stale in Path(run_dir).glob(".*.tmp"):  # left by a run killed mid-write
+            with contextlib.suppress(OSError):
+                stale.unlink()
         trials = read_trials(run_dir)
         if trials is None or trials.empty:
             return tables

@@ -25,9 +25,11 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -65,6 +67,7 @@ __all__ = [
     "check_resources",
     "prepare_environment",
     "run_study",
+    "start_ray",
     "train_trial",
 ]
 
@@ -135,7 +138,7 @@ class RunOptions:
     dashboard: bool = False
     num_cpus: int | None = None
     num_gpus: int | None = None
-    progress_interval_s: float = 15.0
+    progress_interval_s: float = 10.0
     report: bool = True
     out: TextIO | None = None
 
@@ -156,11 +159,19 @@ class RunResult:
 
 def prepare_environment(local: bool = True) -> None:
     """Set the environment Ray reads when it starts; call before the first ``import
-    ray`` for ``local`` so that the embedded Ray binds 127.0.0.1 only."""
+    ray`` for ``local`` so that the embedded Ray binds 127.0.0.1 only.
+
+    The embedded Ray also gets token authentication with a fresh random token in the
+    environment (unless ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` are
+    set), so Ray does not write a token file into the home folder."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if local:
         os.environ.update(LOCAL_ENV)
+        auth_keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+        if not any(k in os.environ for k in auth_keys):
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         if "ray" in sys.modules:  # imported earlier: make its node address loopback too
             import ray._private.ray_constants as ray_constants
 
@@ -168,8 +179,11 @@ def prepare_environment(local: bool = True) -> None:
 
 
 def _quiet_libraries() -> None:
-    for name in ("ray", "ray.tune", "ray.train", "ray.data", "ray.air", "filelock"):
+    for name in ("ray", "ray.train", "ray.data", "ray.air", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune logs every trial's traceback; the study prints one line per errored trial
+    # (the traceback stays in <run dir>/tune/session-<n>/<trial id>/error.txt)
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,7 +191,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna\..*")
 
 
-def _start_ray(options: RunOptions) -> bool:
+def start_ray(options: RunOptions) -> bool:
     """Connect to a cluster or start the embedded Ray; True when this call started it."""
     import ray
 
@@ -425,7 +439,7 @@ class Progress:
         elif remaining == 0:
             left = ""
         else:
-            left = ", remaining time: after the first trial"
+            left = ", time left: estimated after the first trial"
         return f"{_clock(elapsed)} elapsed{left}"
 
     def summary(self) -> str:
@@ -477,105 +491,138 @@ def _record(result: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
 
 def _error_message(trial: Any) -> str:
     """The exception a trial raised, as ``Type: message`` (one line)."""
+    import ray.cloudpickle as cloudpickle
+
     exc = None
-    with contextlib.suppress(Exception):
-        exc = trial.get_pickled_error()
+    for read in (
+        lambda: cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()),  # local copy
+        trial.get_pickled_error,  # the copy in the run's storage
+    ):
+        with contextlib.suppress(Exception):
+            exc = read()
+        if exc is not None:
+            break
     seen = 0
     while exc is not None and seen < 5 and getattr(exc, "cause", None) is not None:
         exc, seen = exc.cause, seen + 1
     if isinstance(exc, BaseException) and not type(exc).__name__.startswith("RayTaskError"):
-        text = str(exc).strip().splitlines()
-        return f"{type(exc).__name__}: {text[-1] if text else ''}".rstrip(": ")
-    with contextlib.suppress(Exception):
-        trace = trial.get_error()
+        text = [line for line in str(exc).strip().splitlines() if line.strip()]
+        message = text[-1].strip() if text else ""
+        return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    trace = None
+    for read in (lambda: Path(trial.error_file).read_text(), trial.get_error):
+        with contextlib.suppress(Exception):
+            trace = read()
         if trace:
-            lines = [line.strip() for line in str(trace).strip().splitlines() if line.strip()]
-            for line in reversed(lines):
-                if not line.startswith(("File ", "^", "~")):
-                    return line
+            break
+    if trace:
+        lines = [line.strip() for line in str(trace).strip().splitlines() if line.strip()]
+        for line in reversed(lines):
+            if not line.startswith(("File ", "^", "~", "Failure #")):
+                return line
     return "the trial failed (no error message was recorded)"
 
 
-def _make_callback(
-    space: Space,
-    tables: RunTables,
-    progress: Progress,
-    metric: str,
-    session: int,
-):
+class _Collector:
+    """The driver's bookkeeping of running trials: records as they are reported, a row
+    in the tables and a progress line when a trial ends."""
+
+    def __init__(
+        self, space: Space, tables: RunTables, progress: Progress, metric: str, session: int
+    ) -> None:
+        self.space = space
+        self.tables = tables
+        self.progress = progress
+        self.metric = metric
+        self.session = session
+        self.records: dict[str, list[dict]] = {}
+        self.started: dict[str, tuple[float, str]] = {}
+        self.trials_started = 0
+        self.trials_finished = 0
+
+    def start(self, trial: Any) -> None:
+        self.records[trial.trial_id] = []
+        self.started[trial.trial_id] = (time.monotonic(), utc_now())
+        self.trials_started += 1
+
+    def retry(self, trial: Any) -> None:
+        self.records[trial.trial_id] = []  # a retry starts from scratch
+
+    def result(self, trial: Any, result: Mapping[str, Any]) -> None:
+        record, replaced = _record(result)
+        if replaced:
+            record[self.metric] = float("nan")
+        record["_where"] = (result.get("hostname"), result.get("node_ip"), result.get("node_id"))
+        self.records.setdefault(trial.trial_id, []).append(record)
+
+    def step(self, trials: Sequence[Any]) -> None:
+        self.progress.tick(sum(1 for t in trials if t.status == "RUNNING"))
+        self.tables.flush_if_due()
+
+    def finish(self, trial: Any, error: str | None) -> None:
+        records = self.records.pop(trial.trial_id, [])
+        start = self.started.pop(trial.trial_id, None)
+        if not records and error is None:
+            return  # stopped before it ran (end of the study): not a result
+        where = records[-1].get("_where", (None,) * 3) if records else (None,) * 3
+        for record in records:
+            record.pop("_where", None)
+        timing = TrialTiming(
+            started_at=start[1] if start else None,
+            finished_at=utc_now(),
+            wall_s=(time.monotonic() - start[0]) if start else None,
+            hostname=where[0],
+            node_ip=where[1],
+            node_id=where[2],
+            session=self.session,
+        )
+        config = dict(trial.config)
+        tid = str(config.get("trial_id") or trial_id(config))
+        self.tables.add_trial(
+            config, records, trial_id=tid, study=self.space.name, error=error,
+            errored=error is not None, timing=timing,
+        )  # fmt: skip
+        self.tables.flush_if_due()
+        self.trials_finished += 1
+        row = next(r for r in reversed(self.tables.rows()) if r["trial_id"] == tid)
+        self.progress.finished(row)
+
+
+def _tune_callback(collector: _Collector):
+    """A Ray Tune callback that hands every event to ``collector``."""
     from ray.tune import Callback
 
     class StudyCallback(Callback):
-        """Collects each trial's records and adds its row to the tables when it ends."""
+        def __init__(self, collector: _Collector | None) -> None:
+            self.collector = collector
 
-        def __init__(self) -> None:
-            self.records: dict[str, list[dict]] = {}
-            self.started: dict[str, tuple[float, str]] = {}
-            self.trials_started = 0
-            self.trials_finished = 0
+        # Tune pickles its configuration (callbacks included) for its own restore,
+        # which a study does not use: the live bookkeeping stays in this process.
+        def __getstate__(self) -> dict:
+            return {"collector": None}
 
         def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self.records[trial.trial_id] = []
-            self.started[trial.trial_id] = (time.monotonic(), utc_now())
-            self.trials_started += 1
+            self.collector.start(trial)
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self.records[trial.trial_id] = []  # a retry starts from scratch
+            self.collector.retry(trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-            record, replaced = _record(result)
-            if replaced:
-                record[metric] = float("nan")
-            record["_where"] = (
-                result.get("hostname"),
-                result.get("node_ip"),
-                result.get("node_id"),
-            )
-            self.records.setdefault(trial.trial_id, []).append(record)
+            self.collector.result(trial, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self._finish(trial, error=None)
+            self.collector.finish(trial, error=None)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self._finish(trial, error=_error_message(trial))
+            self.collector.finish(trial, error=_error_message(trial))
 
         def on_step_end(self, iteration, trials, **info):  # noqa: ANN001
-            running = sum(1 for t in trials if t.status == "RUNNING")
-            progress.tick(running)
-            tables.flush_if_due()
+            self.collector.step(trials)
 
         def on_experiment_end(self, trials, **info):  # noqa: ANN001
-            tables.flush_if_due(force=True)
+            self.collector.tables.flush_if_due(force=True)
 
-        def _finish(self, trial: Any, error: str | None) -> None:
-            records = self.records.pop(trial.trial_id, [])
-            start = self.started.pop(trial.trial_id, None)
-            if not records and error is None:
-                return  # stopped before it ran (end of the study): not a result
-            where = records[-1].get("_where", (None, None, None)) if records else (None,) * 3
-            for record in records:
-                record.pop("_where", None)
-            timing = TrialTiming(
-                started_at=start[1] if start else None,
-                finished_at=utc_now(),
-                wall_s=(time.monotonic() - start[0]) if start else None,
-                hostname=where[0],
-                node_ip=where[1],
-                node_id=where[2],
-                session=session,
-            )
-            config = dict(trial.config)
-            tid = str(config.get("trial_id") or trial_id(config))
-            tables.add_trial(
-                config, records, trial_id=tid, study=space.name, error=error,
-                errored=error is not None, timing=timing,
-            )  # fmt: skip
-            tables.flush_if_due()
-            self.trials_finished += 1
-            row = next(r for r in reversed(tables.rows()) if r["trial_id"] == tid)
-            progress.finished(row)
-
-    return StudyCallback()
+    return StudyCallback(collector)
 
 
 def _max_epochs(space: Space) -> int:
@@ -676,7 +723,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
 
     datasets = _load_datasets(space) if to_run > 0 else {}
     _quiet_libraries()
-    started_ray = _start_ray(options)
+    started_ray = start_ray(options)
     session = len(read_meta(run_dir).get("sessions", [])) + 1
     status = "interrupted"
     callback = None
@@ -778,7 +825,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
             refs = {label: ray.put(ds) for label, ds in datasets.items()}
             trainable = tune.with_parameters(train_trial, datasets=refs, objective=(metric, mode))
             trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([bundle]))
-            callback = _make_callback(space, tables, progress, metric, session)
+            callback = _Collector(space, tables, progress, metric, session)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -794,7 +841,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                     name=f"session-{session}",
                     storage_path=str(run_dir / "tune"),
                     verbose=0,
-                    callbacks=[callback],
+                    callbacks=[_tune_callback(callback)],
                     failure_config=tune.FailureConfig(
                         max_failures=space.max_failures, fail_fast=False
                     ),
@@ -804,7 +851,8 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
             def on_term(signum, frame):  # noqa: ANN001
                 raise _Interrupted()
 
-            previous_term = signal.signal(signal.SIGTERM, on_term)
+            if threading.current_thread() is threading.main_thread():
+                previous_term = signal.signal(signal.SIGTERM, on_term)
             tuner.fit()
             status = "finished"
     except (KeyboardInterrupt, _Interrupted):

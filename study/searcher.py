@@ -34,7 +34,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from study.space import Space, SpaceError, sample_trial, strata, trial_id
+from study.space import Space, SpaceError, sample_trial, strata
+from study.space import trial_id as make_trial_id
 
 __all__ = [
     "REPLACED_KEY",
@@ -168,6 +169,13 @@ class StratifiedOptunaSearcher(Searcher):
 
     # ------------------------------------------------------------------ state
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its configuration for its own restore, which a study does not use
+        # (it resumes from optuna.db); the open studies stay in this process.
+        state = dict(self.__dict__)
+        state["_studies"], state["_live"] = {}, {}
+        return state
+
     def study(self, stratum_key: str) -> optuna.Study:
         """The Optuna study of one stratum."""
         return self._studies[stratum_key]
@@ -203,7 +211,7 @@ class StratifiedOptunaSearcher(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:  # noqa: ANN001
         return True
 
-    def suggest(self, trial_id_: str) -> dict | str | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
         n = len(self._strata)
         for _ in range(n):
             stratum = self._strata[self._cursor % n]
@@ -221,13 +229,13 @@ class StratifiedOptunaSearcher(Searcher):
             study.tell(trial, state=TrialState.FAIL)
             raise
         config["optuna_trial"] = trial.number
-        config["trial_id"] = trial_id(config)
+        config["trial_id"] = make_trial_id(config)
         trial.set_user_attr("trial_id", config["trial_id"])
-        self._live[trial_id_] = (stratum.key, trial)
+        self._live[trial_id] = (stratum.key, trial)
         return config
 
-    def on_trial_result(self, trial_id_: str, result: dict) -> None:
-        entry = self._live.get(trial_id_)
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        entry = self._live.get(trial_id)
         if entry is None or result.get(REPLACED_KEY):
             return
         value, step = result.get(self.metric), result.get("epoch")
@@ -237,8 +245,8 @@ class StratifiedOptunaSearcher(Searcher):
             except Exception as exc:  # a storage hiccup must not stop the study
                 logger.warning("optuna: could not report an intermediate value: %s", exc)
 
-    def on_trial_complete(self, trial_id_: str, result=None, error: bool = False) -> None:  # noqa: ANN001
-        entry = self._live.pop(trial_id_, None)
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:  # noqa: ANN001
+        entry = self._live.pop(trial_id, None)
         if entry is None:
             return
         key, trial = entry

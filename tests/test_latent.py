@@ -161,6 +161,22 @@ def test_scale_free_estimators_are_invariant_to_rescaling(d: int) -> None:
             assert scaled[name] == pytest.approx(value, rel=1e-6), (name, c)
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("c", [1e150, 1e-150])
+def test_extreme_scales_neither_overflow_nor_underflow(c: float) -> None:
+    z, _ = gaussian_sample(6, 1000, seed=30)
+    base = latent_statistics(z)
+    scaled = latent_statistics(c * z)
+    assert scaled["latent_statistics_reason"] is None
+    for key in STAT_KEYS:
+        assert scaled[key] == pytest.approx(base[key], rel=1e-6), key
+    for fn in (gaussian_entropy, knn_entropy):
+        raw = fn(c * z, normalize=False)
+        assert raw == pytest.approx(fn(z, normalize=False) + 6 * math.log(c), rel=1e-9)
+    assert twonn_dimension(c * z) == pytest.approx(twonn_dimension(z), rel=1e-6)
+    assert mle_dimension(c * z) == pytest.approx(mle_dimension(z), rel=1e-6)
+
+
 def test_knn_entropy_with_duplicates_is_finite_and_invariant() -> None:
     rng = np.random.default_rng(4)
     z = np.repeat(rng.normal(size=(300, 3)), 5, axis=0)  # every point 5 times, k = 3
@@ -269,6 +285,11 @@ def test_intrinsic_dimension_ignores_duplicates() -> None:
     assert twonn_dimension(doubled) == pytest.approx(twonn_dimension(x), rel=1e-12)
     assert mle_dimension(doubled) == pytest.approx(mle_dimension(x), rel=1e-12)
     assert abs(twonn_dimension(x) - 3) <= 0.5
+    # Rows equal up to the sign of a zero are duplicates too.
+    x[:, 0] = 0.0
+    signed = np.concatenate([x, np.concatenate([-x[:300, :1], x[:300, 1:]], axis=1)])
+    assert np.signbit(signed[-1, 0])
+    assert twonn_dimension(signed) == pytest.approx(twonn_dimension(x), rel=1e-12)
 
 
 def test_image_intrinsic_dimension_of_low_dimensional_images() -> None:

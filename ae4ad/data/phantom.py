@@ -284,18 +284,19 @@ def _is_real(v) -> bool:
     return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
 
 
-def _range_param(name: str, value, lo: float, hi: float) -> tuple[float, float]:
-    """A (low, high) pair (or one number, meaning low == high) with lo < low <= high <= hi."""
+def _range_param(name: str, value, lo: float, hi: float, lo_open: bool) -> tuple[float, float]:
+    """A (low, high) pair (or one number, meaning low == high) with lo <(=) low <= high <= hi."""
     pair = (value, value) if _is_real(value) else value
     if (
         not isinstance(pair, (tuple, list))
         or len(pair) != 2
         or not all(_is_real(p) for p in pair)
-        or not lo < float(pair[0]) <= float(pair[1]) <= hi
+        or not float(pair[0]) <= float(pair[1]) <= hi
+        or not (lo < float(pair[0]) if lo_open else lo <= float(pair[0]))
     ):
         raise DataError(
             f"phantom: {name}={value!r} is not allowed; expected a number or a pair "
-            f"(low, high) with {lo} < low <= high <= {hi}"
+            f"(low, high) with {lo} {'<' if lo_open else '<='} low <= high <= {hi}"
         )
     return float(pair[0]), float(pair[1])
 
@@ -369,8 +370,8 @@ class PhantomParams:
             texture=float(self.texture),
             texture_sigma=float(self.texture_sigma),
             noise=float(self.noise),
-            lesion_radius=_range_param("lesion_radius", self.lesion_radius, 0.0, 8.0),
-            lesion_contrast=_range_param("lesion_contrast", self.lesion_contrast, 0.0, 1.0),
+            lesion_radius=_range_param("lesion_radius", self.lesion_radius, 1.0, 8.0, False),
+            lesion_contrast=_range_param("lesion_contrast", self.lesion_contrast, 0.0, 1.0, True),
             variant=self.variant,
             seed=int(self.seed),
         )

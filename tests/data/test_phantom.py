@@ -162,8 +162,10 @@ def test_only_the_first_k_factors_vary():
         ({"noise": "lots"}, r"noise='lots' .*number"),
         ({"texture_sigma": 0}, r"texture_sigma=0 .*\(0, 32\]"),
         ({"lesion_radius": (4, 2)}, r"lesion_radius=\(4, 2\) .*low <= high"),
-        ({"lesion_radius": (0, 2)}, r"lesion_radius=\(0, 2\) .*0\.0 < low"),
-        ({"lesion_contrast": (0.5, 1.5)}, r"lesion_contrast=\(0\.5, 1\.5\)"),
+        ({"lesion_radius": (0.5, 2)}, r"lesion_radius=\(0\.5, 2\) .*1\.0 <= low"),
+        ({"lesion_radius": "big"}, r"lesion_radius='big' .*a number or a pair"),
+        ({"lesion_contrast": (0.5, 1.5)}, r"lesion_contrast=\(0\.5, 1\.5\) .*<= 1\.0"),
+        ({"lesion_contrast": 0}, r"lesion_contrast=0 .*0\.0 < low"),
         ({"variant": "knee"}, r"variant='knee' .*'brain', 'chest'"),
         ({"seed": -1}, r"seed=-1 .*>= 0"),
         ({"latent_dim": 4}, r"unknown parameter\(s\) latent_dim; allowed: image_size"),
@@ -197,6 +199,15 @@ def test_texture_parameter_changes_only_tissue():
     diff = tex.train - base.train
     assert float(diff.abs().max()) > 0.1
     assert torch.all(diff[:, :, :2, :] == 0)  # top rows are background
+
+
+@pytest.mark.parametrize("variant", ["brain", "chest"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_every_abnormal_image_has_a_visible_lesion(variant, size):
+    p = PhantomParams(variant=variant, image_size=size, intrinsic_dim=len(factor_names(variant)))
+    ab = generate_images(150, "test_abnormal", p, lesions=True)
+    area = ab.masks.sum(dim=(1, 2, 3)) * (32 / size) ** 2
+    assert float(area.min()) >= 4, area.min()
 
 
 def test_chest_variant():

@@ -211,3 +211,10 @@ def test_several_strata_in_order():
     assert [v.best_latent_dim for v in out] == [8, 1]
     table = H.verdicts_table(out)
     assert len(table) == 6 and set(table["branch"]) == {"over-capacity", "under-capacity", "global"}
+
+
+def test_resampled_ranks_match_scipy_with_ties():
+    rng = np.random.default_rng(5)
+    x = np.round(rng.random(25), 1)  # many ties
+    idx = rng.integers(0, 25, size=(200, 25))
+    np.testing.assert_allclose(H._resampled_ranks(x, idx), stats.rankdata(x[idx], axis=1))

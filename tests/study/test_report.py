@@ -206,7 +206,7 @@ def test_methods_table_and_optuna_diagnostics(tmp_path):
     assert "paper: AE, d_opt" in t2
     assert "Optuna search per stratum" in text
     assert "importance (fANOVA)" in text
-    assert "BrainTumor\\\\u002fvae: optimisation history" in text
+    assert "BrainTumor\\u002fvae: optimisation history" in text  # "/" is escaped in JSON
 
 
 def test_200_trial_report_is_under_10_mb(tmp_path):
