@@ -37,7 +37,11 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--keep", type=Path, default=None, help="write the runs here and keep them")
     args = p.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="ae4ad-report-bench-"))
+    with tempfile.TemporaryDirectory(prefix="ae4ad-report-bench-") as tmp:
+        run_cases(args.keep or Path(tmp), args.repeat)
+
+
+def run_cases(root: Path, repeat: int) -> None:
     print(f"{'trials':>7} {'build s':>8} {'first s':>8} {'best s':>7} {'MB':>6}  run")
     for n, spec in CASES.items():
         spec = dict(spec)
@@ -48,7 +52,7 @@ def main() -> None:
         )
         built = time.perf_counter() - t0
         times = []
-        for _ in range(max(1, args.repeat)):
+        for _ in range(max(1, repeat)):
             t0 = time.perf_counter()
             out = write_report(run)
             times.append(time.perf_counter() - t0)

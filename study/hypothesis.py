@@ -95,7 +95,7 @@ class BranchTest:
             return f"n = {self.n} trials at {self.n_latent_dims} latent dims: {self.reason}"
         return (
             f"rho = {self.rho:+.2f} (95 % CI {self.ci_low:+.2f} to {self.ci_high:+.2f}, "
-            f"permutation p {_p_rel(self.p_value)}, n = {self.n} trials at "
+            f"permutation p {format_p_clause(self.p_value)}, n = {self.n} trials at "
             f"{self.n_latent_dims} latent dims)"
         )
 
@@ -199,7 +199,8 @@ def format_p(p: float) -> str:
     return f"{p:.3f}"
 
 
-def _p_rel(p: float) -> str:
+def format_p_clause(p: float) -> str:
+    """``= 0.003`` or ``< 0.001``: what follows "p" in a sentence."""
     text = format_p(p)
     return text if text.startswith("<") else f"= {text}"
 

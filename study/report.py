@@ -43,6 +43,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 import yaml
-from plotly.colors import qualitative, sample_colorscale
+from plotly.colors import get_colorscale, qualitative, sample_colorscale
 from plotly.offline import get_plotlyjs
 
 from study import hypothesis as H
@@ -144,6 +145,11 @@ TEMPLATE = go.layout.Template(
 )
 _TEMPLATE_JSON = TEMPLATE.to_plotly_json()
 NOT_AVAILABLE = "not available"
+SECTION_FAILED = "This section could not be drawn"
+# a horizontal legend in the bottom margin, below the x-axis titles
+LEGEND_BELOW = dict(orientation="h", x=0, y=0.01, yanchor="bottom", yref="container")
+MARGIN_LEGEND_BELOW = dict(l=70, r=30, t=60, b=115)
+MAX_EXAMPLE_STRATA = 6
 MAX_PANELS = 12  # strata drawn in one grid of subplots (and in the estimator table)
 SUMMARY_COLUMNS = (
     "auc",
@@ -307,11 +313,13 @@ def _stratum_series(df: pd.DataFrame) -> pd.Series:
 def _hover_text(df: pd.DataFrame) -> pd.Series:
     """'key: value' lines of the trial's config for hover boxes."""
     parts = []
+    if df.empty:
+        return pd.Series([], index=df.index, dtype=object)
     for key in HOVER_KEYS:
         if key in df.columns:
             col = df[key]
             if key in ("lr", "weight_decay"):
-                s = col.map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
+                s = col.map(lambda v: "" if pd.isna(v) else f"{v:.2g}").astype(str)
             else:
                 s = col.astype(str)
             parts.append(f"{key}: " + s)
@@ -435,6 +443,20 @@ class _Fig:
         return {"data": self.data, "layout": lay}
 
 
+def _vspace(height: float, rows: int, gap_px: float = 100, margins: float = 150) -> float:
+    """The vertical spacing (a fraction of the plot area) that leaves ``gap_px`` between
+    rows of subplots, room for an x-axis title and the next subplot's title."""
+    if rows <= 1:
+        return 0.1
+    return min(0.3, gap_px / max(1.0, height - margins))
+
+
+def _scale(name: str) -> list:
+    """A named colour scale as an explicit list: plotly.js knows fewer names than Python,
+    and some (Greys) run the other way there."""
+    return get_colorscale(name)
+
+
 def _title(text: str) -> dict:
     return {"text": text}
 
@@ -488,15 +510,18 @@ class _Examples:
 class _Page:
     """Collects sections and figures; every figure becomes one Plotly div."""
 
-    def __init__(self) -> None:
+    def __init__(self, validate: bool = False) -> None:
         self.sections: list[tuple[str, str, str]] = []  # (anchor, title, body html)
         self.n_figures = 0
+        self.validate = validate
 
     def figure(self, fig: go.Figure | dict, caption: str = "") -> str:
         """The figure's div; ``fig`` may be a plain dict (``data``, ``layout``) built
         without validation for speed."""
         self.n_figures += 1
         if isinstance(fig, dict):
+            if self.validate:  # raises ValueError naming any invalid property
+                go.Figure(fig)
             fig = {"data": fig.get("data", []), "layout": dict(fig.get("layout", {}))}
             fig["layout"]["template"] = _TEMPLATE_JSON
         else:
@@ -580,8 +605,9 @@ def _branch_row(b: H.BranchTest, label: str) -> str:
     rho = "–" if not math.isfinite(b.rho) else f"{b.rho:+.2f}"
     dims = ", ".join(str(d) for d in b.latent_dims) or "–"
     return (
-        f"<tr><td>{label}</td><td>{b.n}</td><td>{dims}</td><td>{rho}</td><td>{ci}</td>"
-        f"<td>{H.format_p(b.p_value)}</td><td>{_verdict_badge(b.verdict, mixed)}</td>"
+        f"<tr><td>{label}</td><td class='num'>{b.n}</td><td>{dims}</td><td class='num'>{rho}"
+        f"</td><td class='num'>{ci}</td><td class='num'>{H.format_p(b.p_value)}</td>"
+        f"<td>{_verdict_badge(b.verdict, mixed)}</td>"
         f"<td class='reason'>{_esc(b.reason)}</td></tr>"
     )
 
@@ -619,10 +645,11 @@ def _section_verdicts(ctx: _Ctx) -> None:
             f"Over capacity: {v.over.verdict} (n = {v.over.n}); "
             f"under capacity: {v.under.verdict} (n = {v.under.n})"
         )
+        opened = " open" if len(ctx.verdicts) <= 4 else ""
         parts.append(
-            f"""<div class="card" style="border-left-color:{colour}">
-<h3>{_esc(v.dataset)} <span class="muted">/ {_esc(v.model)}</span>
-{_verdict_badge(v.verdict)}</h3>
+            f"""<details class="card" style="border-left-color:{colour}"{opened}>
+<summary><h3>{_esc(v.dataset)} <span class="muted">/ {_esc(v.model)}</span>
+{_verdict_badge(v.verdict)}</h3></summary>
 <p class="headline">{_esc(headline)}.</p>
 <p class="best">{_esc(v.best_text())}.</p>
 <p class="summary">{_esc(v.summary())}</p>
@@ -636,10 +663,49 @@ def _section_verdicts(ctx: _Ctx) -> None:
 <div class="tablewrap"><table class="data pred">
 <thead><tr><th>label-free prediction of d*</th><th>predicted d</th><th>observed d*</th>
 <th>ratio</th><th>from</th></tr></thead><tbody>{"".join(preds)}</tbody></table></div>
-</div>"""
+</details>"""
         )
+    parts.insert(1, _glance_table(ctx))
+    if len(ctx.verdicts) > 4:
+        parts.insert(2, "<p class='note'>Click a stratum below for its details.</p>")
     parts.append(_robustness_table(ctx))
     ctx.page.add("verdicts", "Verdicts", "\n".join(parts))
+
+
+def _ci_text(b: H.BranchTest) -> str:
+    if not math.isfinite(b.rho):
+        return f"n = {b.n}"
+    ci = f"[{b.ci_low:+.2f}, {b.ci_high:+.2f}]"
+    return f"ρ = {b.rho:+.2f} {ci}, p {H.format_p_clause(b.p_value)}, n = {b.n}"
+
+
+def _glance_table(ctx: _Ctx) -> str:
+    """One line per stratum: d* with its interval, both branch verdicts, predictions."""
+    rows = []
+    for v in ctx.verdicts:
+        if v.best_latent_dim is None:
+            best = "–"
+        elif v.best_ci_low is not None:
+            best = f"<b>{v.best_latent_dim}</b> [{v.best_ci_low}–{v.best_ci_high}]"
+        else:
+            best = f"<b>{v.best_latent_dim}</b> <span class='muted'>(one seed: no interval)</span>"
+        preds = " · ".join(
+            f"{'intrinsic dim.' if 'intrinsic' in p.method else 'elbow'} "
+            + (f"{p.predicted} ({H.format_ratio(p.ratio)})" if p.predicted else "–")
+            for p in v.predictions
+        )
+        rows.append(
+            f"<tr><td>{_esc(v.dataset)}</td><td>{_esc(v.model)}</td><td>{best}</td>"
+            f"<td>{_verdict_badge(v.over.verdict)} <span class='small'>{_ci_text(v.over)}"
+            f"</span></td><td>{_verdict_badge(v.under.verdict)} <span class='small'>"
+            f"{_ci_text(v.under)}</span></td><td class='small'>{preds}</td></tr>"
+        )
+    return (
+        "<div class='tablewrap'><table class='data glance'><thead><tr><th>data set</th>"
+        "<th>model</th><th>best d* [95 % interval]</th><th>over capacity (paper: ρ &lt; 0)"
+        "</th><th>under capacity (paper: ρ &gt; 0)</th><th>label-free d (ratio to d*)</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def _robustness_table(ctx: _Ctx) -> str:
@@ -820,12 +886,10 @@ def _curve_figure(
         fig.y(1, j)["title"] = _title(label)
     for j in range(1, len(metrics) + 1):
         fig.x(1, j).update(_log2_axis(sorted(dims_all)))
-    return fig.to_dict(
-        height=470,
-        title=dict(text=title, x=0.01),
-        legend=dict(orientation="h", y=-0.2),
-        hovermode="closest",
-    )
+    n_legend = sum(1 for t in fig.data if t.get("showlegend"))
+    # a long legend goes to the right (plotly's default), a short one below the plot
+    below = dict(legend=LEGEND_BELOW, margin=MARGIN_LEGEND_BELOW) if n_legend <= 8 else {}
+    return fig.to_dict(height=470, title=dict(text=title, x=0.01), hovermode="closest", **below)
 
 
 def _table1(ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> str:
@@ -858,6 +922,7 @@ def _table1(ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> st
         return "".join(out)
 
     rows = []
+    paper_shown: set[tuple[str, str]] = set()  # the paper's row once per data set and metric
     for v in ctx.verdicts:
         for metric in metrics:
             a = _agg(ctx, metric, v.stratum)
@@ -868,7 +933,8 @@ def _table1(ctx: _Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> st
                 f"<tr><td>{_esc(v.dataset)}</td><td>{_esc(v.model)}</td>"
                 f"<td>{METRIC_LABELS.get(metric, metric)}</td>{cells(vals)}</tr>"
             )
-            if paper is not None:
+            if paper is not None and (v.dataset, metric) not in paper_shown:
+                paper_shown.add((v.dataset, metric))
                 pp = paper[(paper["_norm"] == _norm_label(v.dataset)) & (paper["metric"] == metric)]
                 if not pp.empty:
                     pvals = {int(r.latent_dim): (r.mean, r.std) for r in pp.itertuples()}
@@ -916,7 +982,8 @@ def _section_entropy(ctx: _Ctx) -> None:
     default = ctx.entropy_col if ctx.entropy_col in cols else cols[0]
     datasets = list(ctx.colours)
     nr, nc = _grid(len(datasets))
-    fig = _Fig(nr, nc, titles=datasets, hspace=0.07, vspace=0.16 if nr > 1 else 0.1)
+    height = max(430, 360 * nr + 90)
+    fig = _Fig(nr, nc, titles=datasets, hspace=0.07, vspace=_vspace(height, nr))
     df = ctx.done
     log_d = np.log2(df["latent_dim"].astype(float)).round(4)
     dims = sorted(int(d) for d in df["latent_dim"].unique())
@@ -964,10 +1031,10 @@ def _section_entropy(ctx: _Ctx) -> None:
         buttons.append(dict(label=col, method="update", args=[{"x": traces_x[col]}, relabel]))
     lo, hi = math.log2(dims[0]), math.log2(dims[-1])
     layout = fig.to_dict(
-        height=max(430, 360 * nr + 90),
+        height=height,
         title=dict(text="Latent statistic vs AUC, coloured by latent dimension", x=0.01),
         coloraxis=dict(
-            colorscale="Viridis",
+            colorscale=_scale("Viridis"),
             cmin=lo,
             cmax=hi if hi > lo else lo + 1,
             colorbar=dict(
@@ -991,8 +1058,8 @@ def _section_entropy(ctx: _Ctx) -> None:
                 active=cols.index(default),
             )
         ],
-        legend=dict(orientation="h", y=-0.15),
-        margin=dict(t=90),
+        legend=LEGEND_BELOW,
+        margin={**MARGIN_LEGEND_BELOW, "t": 90},
     )
     body = ctx.page.figure(
         layout,
@@ -1017,7 +1084,8 @@ def _section_recon(ctx: _Ctx) -> None:
         return
     strata = [v.stratum for v in ctx.verdicts][:MAX_PANELS]
     nr, nc = _grid(len(strata))
-    fig = _Fig(nr, nc, titles=strata, hspace=0.07, vspace=0.16 if nr > 1 else 0.1)
+    height = max(400, 340 * nr + 90)
+    fig = _Fig(nr, nc, titles=strata, hspace=0.07, vspace=_vspace(height, nr))
     unit = _score_unit(ctx.done)
     for i, stratum in enumerate(strata):
         r, c = divmod(i, nc)
@@ -1054,8 +1122,9 @@ def _section_recon(ctx: _Ctx) -> None:
             fig.y(r + 1, 1)["title"] = _title(unit)
     fig.hide_unused(len(strata))
     spec = fig.to_dict(
-        height=max(400, 340 * nr + 90),
-        legend=dict(orientation="h", y=-0.18),
+        height=height,
+        legend=LEGEND_BELOW,
+        margin=MARGIN_LEGEND_BELOW,
         title=dict(text="Reconstruction error by split (the paper's Figure 3)", x=0.01),
     )
     more = (
@@ -1197,7 +1266,7 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
         titles=titles,
         widths=[0.62, 0.38],
         hspace=0.16,
-        vspace=min(0.12, 0.5 / len(names)),
+        vspace=_vspace(300 * len(names) + 130, len(names)),
     )
     for i, name in enumerate(names, start=1):
         try:
@@ -1278,7 +1347,8 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
             fig.y(i, 2)["automargin"] = True
     spec = fig.to_dict(
         height=300 * len(names) + 130,
-        legend=dict(orientation="h", y=-0.08),
+        legend=LEGEND_BELOW,
+        margin=MARGIN_LEGEND_BELOW,
         title=dict(text="Optuna search per stratum", x=0.01),
     )
     html_ = ctx.page.figure(
@@ -1306,6 +1376,8 @@ def _learning_curves(ctx: _Ctx) -> str:
     meta = t[[c for c in keep if c in t.columns]].drop_duplicates("trial_id").copy()
     meta["trial_id"] = meta["trial_id"].astype(str)
     h = h.merge(meta, on="trial_id", how="inner")
+    if not {"latent_dim", "_stratum"} <= set(h.columns):
+        return _na("Learning curves", "the trials table has no latent_dim")
     h = h[_finite(h["latent_dim"]) > 0]
     if h.empty:
         return _na("Learning curves", "no history rows match the trials")
@@ -1316,7 +1388,8 @@ def _learning_curves(ctx: _Ctx) -> str:
     present = set(h["_stratum"])
     strata = [s for s in dict.fromkeys(order) if s in present][:MAX_PANELS]
     nr, nc = _grid(len(strata))
-    fig = _Fig(nr, nc, titles=strata, hspace=0.07, vspace=0.16 if nr > 1 else 0.1)
+    height = max(380, 320 * nr + 90)
+    fig = _Fig(nr, nc, titles=strata, hspace=0.07, vspace=_vspace(height, nr))
     h["latent_dim"] = h["latent_dim"].astype(int)
     dims = sorted(h["latent_dim"].unique())
     lo, hi = math.log2(dims[0]), math.log2(dims[-1])
@@ -1360,7 +1433,7 @@ def _learning_curves(ctx: _Ctx) -> str:
             fig.y(r + 1, 1)["title"] = _title("AUC")
     fig.hide_unused(len(strata))
     spec = fig.to_dict(
-        height=max(380, 320 * nr + 90),
+        height=height,
         title=dict(text="Learning curves: test AUC per evaluation", x=0.01),
         legend=dict(title=_title("latent dim")),
     )
@@ -1527,7 +1600,7 @@ def _examples_figure(ctx: _Ctx, v: H.StratumVerdict, picks, n_per_class: int = 3
             if key == "anomaly_maps":
                 trace["coloraxis"] = "coloraxis2"
             elif key == "masks":
-                trace.update(colorscale="Greys", reversescale=True, zmin=0, zmax=1, showscale=False)
+                trace.update(colorscale=_scale("gray"), zmin=0, zmax=1, showscale=False)
             else:
                 trace["coloraxis"] = "coloraxis"
             fig.add(trace, r, c)
@@ -1536,9 +1609,9 @@ def _examples_figure(ctx: _Ctx, v: H.StratumVerdict, picks, n_per_class: int = 3
         title=dict(
             text=f"{_esc(v.stratum)}: test images, reconstructions and anomaly maps", x=0.01
         ),
-        coloraxis=dict(colorscale="Greys", reversescale=True, cmin=-1, cmax=1, showscale=False),
+        coloraxis=dict(colorscale=_scale("gray"), cmin=-1, cmax=1, showscale=False),
         coloraxis2=dict(
-            colorscale="Inferno",
+            colorscale=_scale("Inferno"),
             cmin=0,
             cmax=vmax,
             colorbar=dict(title=_title("score"), len=0.6, thickness=14),
@@ -1571,7 +1644,8 @@ def _scores_figure(ctx: _Ctx, strata: list[H.StratumVerdict]) -> str:
     titles = []
     for v, _, picks in rows:
         titles += [f"{v.stratum}, d = {d}" for d in picks] + [""] * (ncol - len(picks))
-    fig = _Fig(len(rows), ncol, titles=titles, vspace=min(0.14, 0.7 / len(rows)))
+    height = 270 * len(rows) + 130
+    fig = _Fig(len(rows), ncol, titles=titles, vspace=_vspace(height, len(rows), gap_px=60))
     sc_ids = sc["trial_id"].astype(str)
     for r, (_, g, picks) in enumerate(rows, start=1):
         for c, d in enumerate(picks, start=1):
@@ -1598,17 +1672,30 @@ def _scores_figure(ctx: _Ctx, strata: list[H.StratumVerdict]) -> str:
         fig.y(r, 1)["title"] = _title("density")
     spec = fig.to_dict(
         barmode="overlay",
-        height=270 * len(rows) + 130,
+        height=height,
         title=dict(text="Anomaly scores of normal and abnormal test images", x=0.01),
-        legend=dict(orientation="h", y=-0.1),
+        legend=LEGEND_BELOW,
+        margin=MARGIN_LEGEND_BELOW,
     )
     return ctx.page.figure(spec, "Pooled over seeds; small, best and large latent dimension.")
+
+
+def _spread(verdicts: list[H.StratumVerdict], k: int) -> list[H.StratumVerdict]:
+    """Up to ``k`` strata covering the data sets first: the first model of every data set,
+    then the second, and so on (in the order of ``verdicts``)."""
+    seen: dict[str, int] = {}
+    rank = []
+    for i, v in enumerate(verdicts):
+        rank.append((seen.get(v.dataset, 0), i))
+        seen[v.dataset] = seen.get(v.dataset, 0) + 1
+    chosen = sorted(sorted(rank)[:k], key=lambda r: r[1])
+    return [verdicts[i] for _, i in chosen]
 
 
 def _section_examples(ctx: _Ctx) -> None:
     title = "7. Examples"
     parts = []
-    shown = ctx.verdicts[:6]
+    shown = _spread(ctx.verdicts, MAX_EXAMPLE_STRATA)
     if ctx.run.examples is None:
         parts.append(_na("Example reconstructions", ctx.run.notes.get("examples", "")))
     else:
@@ -1619,8 +1706,9 @@ def _section_examples(ctx: _Ctx) -> None:
         if not any(parts):
             parts.append(_na("Example reconstructions", "no examples for completed trials"))
         elif len(ctx.verdicts) > len(shown):
+            names = ", ".join(v.stratum for v in shown)
             parts.append(
-                _note(f"Examples of the first {len(shown)} of {len(ctx.verdicts)} strata.")
+                _note(f"Examples of {len(shown)} of {len(ctx.verdicts)} strata ({_esc(names)}).")
             )
     parts.append(_scores_figure(ctx, shown))
     ctx.page.add("examples", title, "\n".join(p for p in parts if p))
@@ -1710,7 +1798,11 @@ h3 { font-size:17px; margin:20px 0 8px; }
   padding:12px 18px; margin:18px 0 0; font-weight:600; }
 .card { border:1px solid var(--line); border-left:6px solid var(--accent); border-radius:10px;
   padding:12px 18px; margin:14px 0; background:#fcfcfd; }
-.card h3 { margin:4px 0 6px; display:flex; align-items:center; gap:10px; }
+.card h3 { margin:4px 0 6px; display:inline-flex; align-items:center; gap:10px; }
+details.card > summary { cursor:pointer; list-style-position:outside; }
+.small { font-size:12.5px; color:var(--muted); }
+table.glance td { min-width:90px; }
+.badge { white-space:nowrap; }
 .headline { font-size:16px; font-weight:600; margin:4px 0; }
 .best { margin:4px 0; }
 .summary { color:var(--muted); font-size:13.5px; margin:6px 0 10px; }
@@ -1748,11 +1840,15 @@ def render_report(
     max_curves: int = 240,
     n_boot: int = 2000,
     n_perm: int = 2000,
+    validate: bool = False,
 ) -> tuple[str, int]:
-    """The report's HTML and its number of figures."""
-    page = _Page()
+    """The report's HTML and its number of figures. ``validate=True`` checks every figure
+    against Plotly's schema (slower; for tests)."""
+    page = _Page(validate=validate)
     trials = run.trials if run.trials is not None else pd.DataFrame()
     all_trials = trials.copy()
+    if "trial_id" not in all_trials.columns:
+        all_trials["trial_id"] = [f"row-{i}" for i in range(len(all_trials))]
     if {"dataset", "model"} <= set(all_trials.columns):
         all_trials["_stratum"] = _stratum_series(all_trials)
     else:
@@ -1760,12 +1856,11 @@ def render_report(
     done = all_trials
     if "status" in done.columns:
         done = done[done["status"] == "completed"]
-    if "latent_dim" in done.columns:
-        done = done[pd.to_numeric(done["latent_dim"], errors="coerce") > 0].copy()
-        done["latent_dim"] = done["latent_dim"].astype(int)
+    if {"latent_dim", "auc", "dataset", "model"} <= set(done.columns):
+        d = pd.to_numeric(done["latent_dim"], errors="coerce")
+        done = done[d > 0].copy()
+        done["latent_dim"] = d[d > 0].round().astype(int)
     else:
-        done = done.iloc[:0]
-    if "auc" not in done.columns:
         done = done.iloc[:0]
     verdict_list = H.verdicts(done, entropy_col, n_boot=n_boot, n_perm=n_perm) if len(done) else []
     datasets = list(dict.fromkeys(done["dataset"].astype(str))) if len(done) else []
@@ -1791,18 +1886,27 @@ def render_report(
         t2["_norm"] = t2["dataset"].map(_norm_label)
     except (OSError, ValueError):
         t1 = t2 = None
-    for build in (
-        _section_verdicts,
-        lambda c: _section_detection(c, t1),
-        _section_entropy,
-        _section_recon,
-        _section_pixel,
-        lambda c: _section_methods(c, t2),
-        _section_search,
-        _section_examples,
-        _section_facts,
+    for anchor, title, build in (
+        ("verdicts", "Verdicts", _section_verdicts),
+        ("detection", "1. Detection vs latent dimension", lambda c: _section_detection(c, t1)),
+        ("entropy", "2. Latent entropy vs AUC", _section_entropy),
+        ("recon", "3. Reconstruction error vs latent dimension", _section_recon),
+        ("pixel", "4. Pixel-level segmentation vs latent dimension", _section_pixel),
+        ("methods", "5. Methods comparison", lambda c: _section_methods(c, t2)),
+        ("search", "6. Search diagnostics", _section_search),
+        ("examples", "7. Examples", _section_examples),
+        ("facts", "8. Run facts", _section_facts),
     ):
-        build(ctx)
+        n_sections = len(page.sections)
+        try:
+            build(ctx)
+        except Exception as exc:  # noqa: BLE001 - one odd table must not cost the whole report
+            if validate:
+                raise
+            del page.sections[n_sections:]
+            page.add(
+                anchor, title, _note(f"{SECTION_FAILED}: {_esc(type(exc).__name__)}: {_esc(exc)}")
+            )
 
     meta = run.meta or {}
     partial = _partial_reasons(run)
@@ -2000,7 +2104,8 @@ def make_synthetic_run(
                                 )
                             )
                     if scores:
-                        sep = 2.5 * (auc - 0.5)
+                        # equal-variance normal scores: AUC = Phi(sep / sqrt(2))
+                        sep = math.sqrt(2) * NormalDist().inv_cdf(min(auc, 0.999))
                         sc = np.concatenate([rng.normal(0, 1, n_half), rng.normal(sep, 1, n_half)])
                         lab = np.repeat([0, 1], n_half)
                         for j in range(n_test // 2 * 2):

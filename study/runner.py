@@ -709,16 +709,24 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
 
     if space.search.type == "grid":
         planned = _planned_grid(space)
+        planned_ids = {c["trial_id"] for c in planned}
         todo = [c for c in planned if c["trial_id"] not in tables.done_ids]
         total = len(planned)
         already = len(planned) - len(todo)
         _preflight(todo)
+
+        def belongs(row: Mapping[str, Any]) -> bool:
+            return row.get("trial_id") in planned_ids
     else:
         budget = int(space.search.n_trials or 0)
         counts = tables.count_by("stratum")
         already = sum(min(budget, counts.get(k, 0)) for k in study_strata)
         total = budget * len(study_strata)
         todo = []
+
+        def belongs(row: Mapping[str, Any]) -> bool:
+            return row.get("stratum") in study_strata
+
     to_run = total - already
 
     datasets = _load_datasets(space) if to_run > 0 else {}
@@ -728,6 +736,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
     status = "interrupted"
     callback = None
     previous_term = None
+    session_open = False
     try:
         import ray
         from ray import tune
@@ -755,6 +764,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
             run_dir, study=space.name, status="running", started_at=meta.get("started_at")
             or utc_now(), finished_at=None, sessions=sessions,
         )  # fmt: skip
+        session_open = True
 
         where = options.address or os.environ.get("RAY_ADDRESS") or "embedded Ray on 127.0.0.1"
         cpus = sum(float(n.get("CPU", 0)) for n in nodes)
@@ -777,6 +787,8 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
 
         best: dict[str, float] = {}
         for row in tables.rows():
+            if not belongs(row):
+                continue
             value = row.get(metric)
             if row.get("status") == "completed" and isinstance(value, (int, float)):
                 if math.isfinite(value):
@@ -787,7 +799,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
         progress = Progress(
             space,
             total,
-            _status_counts(tables),
+            _status_counts(tables, belongs),
             best,
             out,
             options.progress_interval_s,
@@ -862,15 +874,15 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
         if previous_term is not None:
             with contextlib.suppress(Exception):
                 signal.signal(signal.SIGTERM, previous_term)
-        with contextlib.suppress(Exception):
-            if tables._dirty or not (run_dir / "trials.parquet").exists():
-                tables.flush()
+        if session_open:
+            with contextlib.suppress(Exception):
+                tables.flush_if_due(force=True)
         if started_ray:
             import ray
 
             with contextlib.suppress(Exception):
                 ray.shutdown()
-        meta = read_meta(run_dir)
+        meta = read_meta(run_dir) if session_open else {}
         if meta:
             sessions = list(meta.get("sessions", []))
             if sessions and sessions[-1].get("session") == session:
@@ -881,7 +893,14 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                     sessions[-1]["trials_finished"] = callback.trials_finished
             update_meta(run_dir, status=status, finished_at=utc_now(), sessions=sessions)
 
-    counts = _status_counts(tables)
+    counts = _status_counts(tables, belongs)
+    if status == "finished" and sum(counts.values()) < total:
+        print(
+            f"warning: {total - sum(counts.values())} planned trial(s) have no result; "
+            "--resume runs them",
+            file=out,
+            flush=True,
+        )
     result = RunResult(
         run_dir=run_dir,
         status=status,
@@ -896,10 +915,13 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
     return result
 
 
-def _status_counts(tables: RunTables) -> dict[str, int]:
+def _status_counts(tables: RunTables, belongs) -> dict[str, int]:  # noqa: ANN001
+    """Rows per status, of the rows for which ``belongs(row)`` (the trials of this plan;
+    a resumed folder may also hold rows of configs the space no longer has)."""
     counts = {s: 0 for s in FINISHED_STATUSES}
-    for status, n in tables.count_by("status").items():
-        counts[str(status)] = counts.get(str(status), 0) + n
+    for row in tables.rows():
+        if belongs(row):
+            counts[str(row["status"])] = counts.get(str(row["status"]), 0) + 1
     return counts
 
 

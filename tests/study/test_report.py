@@ -219,3 +219,49 @@ def test_200_trial_report_is_under_10_mb(tmp_path):
     assert len(pd.read_parquet(run / "trials.parquet")) == 210
     size_mb = write_report(run, **FAST).stat().st_size / 1e6
     assert size_mb < 10, size_mb
+
+
+def test_every_figure_passes_plotly_validation(tmp_path):
+    from study.report import load_run, render_report
+
+    run = make_synthetic_run(
+        tmp_path / "valid",
+        datasets=("RSNA", "BraTS2021"),
+        models=("ae", "memae"),
+        latent_dims=(2, 4, 8, 16),
+        seeds=(0, 1),
+        optuna_db=True,
+        extra_statuses={"early-stopped": 1},
+    )
+    text, n = render_report(load_run(run), validate=True, **FAST)
+    assert n == _figures(text) >= 9
+
+
+def test_odd_tables_still_give_a_report(tmp_path):
+    import numpy as np
+
+    run = make_synthetic_run(tmp_path / "odd", datasets=("toy",), latent_dims=(2, 4), seeds=(0,))
+    trials = pd.read_parquet(run / "trials.parquet")
+    trials.assign(status="errored", auc=np.nan).to_parquet(run / "trials.parquet")
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "Hypothesis tests: not available" in text
+    assert "could not be drawn" not in text and "errored" in text
+    trials.drop(columns=["latent_dim", "trial_id"]).to_parquet(run / "trials.parquet")
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "could not be drawn" not in text and "Run facts" in text
+
+
+def test_a_failing_section_becomes_a_note(tmp_path, monkeypatch):
+    import study.report as R
+
+    def broken(ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(R, "_section_recon", broken)
+    run = make_synthetic_run(tmp_path / "fail", datasets=("toy",), latent_dims=(2, 4, 8))
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "This section could not be drawn: RuntimeError: boom" in text
+    assert "<h2>3. Reconstruction error vs latent dimension</h2>" in text
+    assert "<h2>8. Run facts</h2>" in text  # the sections after it are still there
+    with pytest.raises(RuntimeError, match="boom"):
+        R.render_report(R.load_run(run), validate=True, **FAST)
