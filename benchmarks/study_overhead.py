@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import time
@@ -104,25 +105,36 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ae4ad-overhead-") as tmp:
         space = make_space(args, Path(tmp))
+        load = os.getloadavg()[0]
         seq_wall, seq_trials = run_sequential(space)
         print(
             f"sequential: {args.trials} trials in {seq_wall:.1f} s "
-            f"(per trial {min(seq_trials):.1f}-{max(seq_trials):.1f} s)",
+            f"(per trial {min(seq_trials):.1f}-{max(seq_trials):.1f} s; "
+            f"load average {load:.1f} -> {os.getloadavg()[0]:.1f})",
             flush=True,
         )
+        load = os.getloadavg()[0]
         h_wall, h_trials = run_harness(space, args.concurrency)
         print(
             f"harness:    {args.trials} trials, {args.concurrency} at a time, in {h_wall:.1f} s "
-            f"(fit per trial {min(h_trials):.1f}-{max(h_trials):.1f} s)",
+            f"(fit per trial {min(h_trials):.1f}-{max(h_trials):.1f} s; "
+            f"load average {load:.1f} -> {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     ideal = seq_wall / args.concurrency
     ratio = h_wall / ideal
+    outside = h_wall - sum(h_trials) / args.concurrency
     print(f"wall(harness)    = {h_wall:.1f} s")
     print(f"wall(sequential) = {seq_wall:.1f} s")
     print(
         f"ratio wall(harness) / (wall(sequential) / {args.concurrency}) = {ratio:.3f} "
         f"(target <= 1.10: {'met' if ratio <= 1.10 else 'not met'})"
+    )
+    print(
+        f"harness time outside ae4ad.fit: {outside:.1f} s (Ray start/stop, worker start-up, "
+        "data set, tables); fit itself ran "
+        f"{sum(h_trials) / max(1e-9, sum(seq_trials)):.2f}x as long as in the sequential loop "
+        "(> 1: the trials competed for cores)"
     )
 
 

@@ -77,7 +77,6 @@ RAY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # the run's own tables are the results
     "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Ctrl-C stops the study at once
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no experiment banner or status tables
-    "RAY_DEDUP_LOGS": "0",
 }
 # Only for the embedded (local) Ray: advertise and bind 127.0.0.1, never an external
 # address. Read by Ray when it is imported, so set before `import ray`.
@@ -111,6 +110,8 @@ _TUNE_KEYS = {
     "__stdout_file__",
     "__stderr_file__",
 }
+# Final-record lists that only the tables need.
+_BULKY_KEYS = ("scores", "labels", "examples")
 # Metrics bounded in [0, 1]: a missing value is replaced by the worst bound.
 _UNIT_METRICS = {"auc", "ap", "pixel_ap", "pixel_auc", "best_dice"}
 
@@ -362,6 +363,10 @@ def _trial_name(trial: Any) -> str:
 # --------------------------------------------------------------------------- progress
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _clock(seconds: float) -> str:
     seconds = int(round(max(0.0, seconds)))
     h, rest = divmod(seconds, 3600)
@@ -415,7 +420,7 @@ class Progress:
             and self._better(float(value), self.best.get(stratum))
         ):
             self.best[stratum] = float(value)
-        params = " ".join(f"{k}={row.get(k)}" for k in self.show if row.get(k) is not None)
+        params = " ".join(f"{k}={_short(row.get(k))}" for k in self.show if row.get(k) is not None)
         if status == "completed" or status == "early-stopped":
             what = f"{self.metric}={value:.3f}" if isinstance(value, (int, float)) else ""
             if status == "early-stopped":
@@ -548,12 +553,16 @@ class _Collector:
     def retry(self, trial: Any) -> None:
         self.records[trial.trial_id] = []  # a retry starts from scratch
 
-    def result(self, trial: Any, result: Mapping[str, Any]) -> None:
+    def result(self, trial: Any, result: dict[str, Any]) -> None:
         record, replaced = _record(result)
         if replaced:
             record[self.metric] = float("nan")
         record["_where"] = (result.get("hostname"), result.get("node_ip"), result.get("node_id"))
         self.records.setdefault(trial.trial_id, []).append(record)
+        # Tune keeps each trial's last result in its experiment state, rewritten now and
+        # then: the per-image lists live in the record only (Tune lets callbacks edit it)
+        for key in _BULKY_KEYS:
+            result.pop(key, None)
 
     def step(self, trials: Sequence[Any]) -> None:
         self.progress.tick(sum(1 for t in trials if t.status == "RUNNING"))
