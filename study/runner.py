@@ -152,6 +152,7 @@ class RunResult:
     status: str
     counts: dict[str, int] = field(default_factory=dict)
     trials_run: int = 0
+    trials_wall_s: float = 0.0  # time spent running trials (Ray Tune's part of the run)
     report: Path | None = None
 
 
@@ -693,6 +694,22 @@ def _load_datasets(space: Space) -> dict[str, Any]:
     return datasets
 
 
+@contextlib.contextmanager
+def _pending_trials(n: int | None):
+    """Let Tune prepare ``n`` trials ahead (its default for a custom searcher is 1, which
+    starts the first workers one after the other). Not for Optuna: a trial waiting for a
+    free slot was asked for before the results that finish meanwhile."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if n is None or key in os.environ:
+        yield
+        return
+    os.environ[key] = str(max(1, n))
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 class _Interrupted(BaseException):
     """SIGTERM during a run (e.g. `ray job stop`): handled like Ctrl-C."""
 
@@ -746,6 +763,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
     callback = None
     previous_term = None
     session_open = False
+    trials_wall = 0.0
     try:
         import ray
         from ray import tune
@@ -874,7 +892,12 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
 
             if threading.current_thread() is threading.main_thread():
                 previous_term = signal.signal(signal.SIGTERM, on_term)
-            tuner.fit()
+            fit_started = time.perf_counter()
+            with _pending_trials(concurrency if space.search.type == "grid" else None):
+                try:
+                    tuner.fit()
+                finally:
+                    trials_wall = time.perf_counter() - fit_started
             status = "finished"
     except (KeyboardInterrupt, _Interrupted):
         status = "interrupted"
@@ -915,6 +938,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
         status=status,
         counts=counts,
         trials_run=callback.trials_finished if callback is not None else 0,
+        trials_wall_s=trials_wall,
     )
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in FINISHED_STATUSES if counts.get(s))
     print(f"{status}: {summary or 'no trials'} (of {total} planned)", file=out, flush=True)
