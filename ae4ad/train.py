@@ -33,6 +33,10 @@ from ae4ad.models import build_model
 from ae4ad.scoring import SCORES, anomaly_map, image_metrics, image_scores, pixel_metrics
 
 
+class _NonFiniteOutput(ArithmeticError):
+    """The model produced NaN or inf although the training loss was finite."""
+
+
 class ConfigError(ValueError):
     """A training config is invalid: the message names the key, value and what is allowed."""
 
@@ -57,7 +61,7 @@ class TrainConfig:
     score: str = "l2"
     bf16: bool = False
     channels_last: bool = False
-    n_examples: int = 3
+    n_examples: int = 2
 
     @classmethod
     def from_dict(cls, config: dict) -> TrainConfig:
@@ -137,7 +141,7 @@ def _examples(
     model.eval()
     with torch.inference_mode():
         x_hat = model(data.test[idx].to(device))["x_hat"].float().cpu()
-    r = lambda t: np.round(t.numpy().astype(np.float32), 3).tolist()  # noqa: E731
+    r = lambda t: np.round(t.numpy().astype(np.float32), 2).tolist()  # noqa: E731
     return {
         "index": idx.tolist(),
         "labels": labels[idx].tolist(),
@@ -221,7 +225,13 @@ def fit(config: dict | TrainConfig, dataset: AnomalyDataset | None = None) -> It
                 "train_time_s": train_time,
                 "images_per_s": images_seen / train_time if train_time > 0 else float("nan"),
             }
-            record.update(_evaluate(model, data, cfg, device, autocast, is_final))
+            try:
+                record.update(_evaluate(model, data, cfg, device, autocast, is_final))
+            except _NonFiniteOutput as exc:
+                record = _diverged_record(epoch, mean_loss, started, train_time, images_seen)
+                record["error"] = str(exc)
+                yield {**base, **record}
+                return
             record["elapsed_s"] = time.perf_counter() - started
             yield {**base, **record}
 
@@ -239,6 +249,9 @@ def _evaluate(
     )
     train_eval = ev(data.train, False)
     test_eval = ev(data.test, True)
+    for name, result in (("training", train_eval), ("test", test_eval)):
+        if not (torch.isfinite(result["scores"]).all() and torch.isfinite(result["z"]).all()):
+            raise _NonFiniteOutput(f"the model's output on the {name} images is not finite")
     labels = data.test_labels
     scores = test_eval["scores"]
     rec: dict = {

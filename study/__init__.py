@@ -9,4 +9,4 @@ it is used (Ray only in the runner), e.g.
 'smoke'
 """
 
-__all__ = ["cli", "hypothesis", "report", "results", "runner", "space"]
+__all__ = ["cli", "hypothesis", "report", "results", "runner", "searcher", "space"]

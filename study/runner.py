@@ -749,6 +749,9 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
         already = sum(min(budget, counts.get(k, 0)) for k in study_strata)
         total = budget * len(study_strata)
         todo = []
+        from study.searcher import make_sampler
+
+        make_sampler(space.search.sampler or "tpe", 0)  # e.g. cmaes without its package
 
         def belongs(row: Mapping[str, Any]) -> bool:
             return row.get("stratum") in study_strata

@@ -68,8 +68,9 @@ def test_records_per_evaluation_and_final_payload():
     again = image_metrics(np.array(final["scores"]), np.array(final["labels"]))
     assert again["auc"] == pytest.approx(final["auc"]) and again["ap"] == pytest.approx(final["ap"])
     ex = final["examples"]
-    assert len(ex["inputs"]) == len(ex["reconstructions"]) == len(ex["masks"]) == 6
-    assert np.array(ex["anomaly_maps"]).shape == (6, 1, 16, 16)
+    assert len(ex["inputs"]) == len(ex["reconstructions"]) == len(ex["masks"]) == 4
+    assert ex["labels"] == [0, 0, 1, 1]
+    assert np.array(ex["anomaly_maps"]).shape == (4, 1, 16, 16)
     assert "scores" not in records[0]
 
 
@@ -112,6 +113,24 @@ def test_divergence_is_a_status_not_a_crash():
     assert records[-1]["status"] == "diverged"
     assert records[-1]["is_final"]
     assert "training loss became" in records[-1]["error"]
+
+
+def test_non_finite_output_with_finite_loss_is_diverged(monkeypatch):
+    from ae4ad.models import AE
+
+    real_forward = AE.forward
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        if not self.training:  # finite while training, NaN when evaluated
+            out["x_hat"] = out["x_hat"] * float("nan")
+        return out
+
+    monkeypatch.setattr(AE, "forward", forward)
+    records = list(fit(BASE, dataset=tiny_dataset()))
+    assert len(records) == 1
+    assert records[0]["status"] == "diverged" and records[0]["epoch"] == 2
+    assert "not finite" in records[0]["error"]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ and the embedded Ray's sockets. One Ray session is shared by the module."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -334,3 +335,17 @@ def test_tables_of_a_killed_run_are_read_back_without_unfinished_details(tmp_pat
     assert set(pd.read_parquet(tmp_path / "history.parquet")["trial_id"]) == {"a"}
     assert json.loads((tmp_path / "examples.json").read_text())["a"]["inputs"] == [[None]]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failing_report_only_warns(tmp_path, monkeypatch):
+    import study.report
+
+    def broken(run_dir):
+        raise RuntimeError("no plotly today")
+
+    monkeypatch.setattr(study.report, "write_report", broken)
+    out = io.StringIO()
+    assert runner._write_report(tmp_path, out) is None
+    text = out.getvalue()
+    assert "warning: the report failed (RuntimeError: no plotly today)" in text
+    assert f"--report-only {tmp_path}" in text
