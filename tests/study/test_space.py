@@ -598,8 +598,13 @@ def test_latent_trial_config_shape_and_defaults():
     config = grid_trials(load_space("latent"))[5]
     assert config["dataset"] == "phantom" and config["model"] == "ae"
     assert config["dataset_params"]["intrinsic_dim"] == 6
-    assert config["model_params"] == {"latent_dim": 4, "num_blocks": 3}
-    assert (config["epochs"], config["batch_size"], config["lr"]) == (60, 64, 0.001)
+    assert config["model_params"] == {
+        "latent_dim": 4,
+        "num_blocks": 3,
+        "base_width": 8,
+        "hidden_dim": 256,
+    }
+    assert (config["epochs"], config["batch_size"], config["lr"]) == (60, 32, 0.001)
     assert (config["eval_every"], config["weight_decay"], config["score"]) == (20, 0.0, "l2")
     assert config["device"] == "auto" and config["threads"] == 1
     assert set(fit_config(config)) <= set(FIT_KEYS)
