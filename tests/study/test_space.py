@@ -605,7 +605,7 @@ def test_latent_trial_config_shape_and_defaults():
         "hidden_dim": 256,
     }
     assert (config["epochs"], config["batch_size"], config["lr"]) == (60, 32, 0.001)
-    assert (config["eval_every"], config["weight_decay"], config["score"]) == (20, 0.0, "l2")
+    assert (config["eval_every"], config["weight_decay"], config["score"]) == (30, 0.0, "l2")
     assert config["device"] == "auto" and config["threads"] == 1
     assert set(fit_config(config)) <= set(FIT_KEYS)
     assert "stratum" not in fit_config(config)
