@@ -55,6 +55,7 @@ from plotly.colors import get_colorscale, qualitative, sample_colorscale
 from plotly.offline import get_plotlyjs
 
 from study import hypothesis as H
+from study.results import MODEL_PARAM_ORDER
 
 __all__ = [
     "REPORT_FILE",
@@ -113,14 +114,8 @@ MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "st
 HOVER_KEYS = (
     "trial_id",
     "stratum",
-    "latent_dim",
     "seed",
-    "hidden_dim",
-    "base_width",
-    "expansion",
-    "encoder_depth",
-    "decoder_depth",
-    "num_blocks",
+    *MODEL_PARAM_ORDER,
     "lr",
     "batch_size",
     "epochs",
