@@ -1,57 +1,89 @@
 """Does lower latent entropy give better anomaly detection, and where?
 
-The paper's claim, made testable per stratum (one data set x one model):
+The paper's claim, made testable per stratum (one data set x one model). Every verdict
+comes from a test whose false-positive rate is measured by simulation
+(``tests/study/test_calibration.py``; figures in docs/report.md).
 
-(a) **Best latent dimension.** ``d*`` = the latent_dim with the highest mean AUC over seeds.
-    A bootstrap over seeds (resample the trials within each latent_dim, recompute the
-    argmax) gives a 95 % percentile interval for ``d*`` and the fraction of resamples
-    that agree with it.
-(b) **Over-capacity branch** (latent_dim >= d*): the paper predicts that extra latent
-    entropy hurts, i.e. a *negative* Spearman correlation between latent entropy and AUC
-    across trials. Bootstrap 95 % CI (resampling trials) and a two-sided permutation
-    p-value. ``supported`` when rho < 0 and the CI excludes 0, ``contradicted`` when
-    rho > 0 and the CI excludes 0, otherwise ``inconclusive``.
-(c) **Under-capacity branch** (latent_dim <= d*): the paper predicts a *positive*
-    correlation (too little entropy cannot represent the normal data); verdicts mirror (b).
-(d) **Global** correlation over all trials, reported for completeness: it mixes both
-    branches, so an inverted U gives a weak or misleading value there.
+**Headline: the over-capacity drop.** ``d*`` is the latent_dim with the highest mean AUC.
+The statistic is the studentised max-t of the differences to the largest latent_dim,
+``T = max_j (mean_j - mean_K) / se_j`` (``se_j`` from the pooled within-latent_dim
+variance over seeds, plus the test-set covariance below). Its null distribution is
+simulated under a *flat* curve with the argmax recomputed in every draw (Gaussian errors,
+pooled variance with its chi-square uncertainty), so choosing ``d*`` from the same trials
+costs nothing in calibration; a flat curve is the least favourable null (any curve that
+does not drop only makes ``T`` smaller). ``supported`` when the (Holm-adjusted) p <= alpha,
+``contradicted`` when AUC keeps rising (the largest latent_dim is better than every other,
+an intersection-union test of the pairwise one-sided t-tests), ``not shown`` otherwise,
+``not tested`` when the data cannot answer (a reason says why).
 
-Label-free predictions of ``d*`` sit beside the observed one: the smallest power of two
->= the intrinsic dimension of the normal training images, and the elbow of the normal
-validation reconstruction error against latent_dim.
+**Under capacity** mirrors it against the smallest latent_dim (the paper predicts too
+little entropy hurts too).
+
+**Two levels of uncertainty.** All seeds share one test set, so every AUC carries the
+same test-image sampling error. With the per-image scores (``scores.parquet``) the
+covariance of the mean AUCs over test images is added to the seed variance: a DeLong
+covariance of correlated AUCs, paired across latent_dims. Without them, seeds only, and
+the verdict says so.
+
+**The effect** is the AUC drop from ``d*`` to the largest latent_dim, with a 95 %
+simultaneous interval (max-|t| over all latent_dims, so it stays valid after choosing
+``d*``). The *set* of latent_dims not distinguishable from ``d*`` (studentised range) is
+the interval for ``d*`` itself.
+
+**Descriptions, not verdicts:** Spearman rho of latent entropy vs AUC on each branch and
+over all trials, with bootstrap intervals.
+
+**Entropy at fixed latent_dim** (:func:`fixed_latent_dim_tests`): the paper's claim is
+about entropy, and every estimator rises with latent_dim, so the branch correlations
+cannot separate the two. Among trials that share a latent_dim (per data set) but differ
+in what sets entropy (regularisers, weight decay, seeds), a stratified permutation test
+(AUC permuted within each latent_dim) of the pooled within-latent_dim Spearman rho.
+
+**Label-free predictions** of ``d*`` never read test data: the intrinsic dimension of the
+training images, and the elbow of the *validation* reconstruction error.
 
 Every random draw comes from ``numpy.random.default_rng(seed)`` so numbers repeat.
 
 Example:
     >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> auc = {1: .60, 2: .62, 4: .64, 8: .71, 16: .72, 32: .70, 64: .69, 128: .68}
     >>> rows = [dict(dataset="toy", model="ae", latent_dim=d, seed=s, status="completed",
-    ...              auc=0.9 - 0.05 * np.log2(d) + 0.01 * s,
-    ...              latent_entropy_gaussian=np.log2(d) + 0.1 * s)
-    ...         for d in (1, 2, 4, 8, 16) for s in (0, 1, 2)]
-    >>> (v,) = verdicts(pd.DataFrame(rows), n_boot=200, n_perm=200)
-    >>> v.best_latent_dim, v.over.verdict, v.over.n
-    (1, 'supported', 15)
+    ...              auc=a + 0.01 * rng.standard_normal(), latent_entropy_gaussian=np.log2(d))
+    ...         for d, a in auc.items() for s in (0, 1)]
+    >>> (v,) = verdicts(pd.DataFrame(rows), n_sim=4000)
+    >>> v.best_latent_dim, v.verdict, v.p_value < 0.05
+    (8, 'supported', True)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ae4ad.latent import (
     DEFAULT_LATENT_DIM_CANDIDATES,
     elbow_latent_dim,
     predict_latent_dim_from_intrinsic_dim,
 )
+from study.stats import (
+    GroupMeans,
+    holm,
+    max_t_from_means,
+    mean_auc_covariance,
+    spearman_ci,
+    stratified_permutation_rho,
+)
 
 SUPPORTED = "supported"
+NOT_SHOWN = "not shown"
 CONTRADICTED = "contradicted"
-INCONCLUSIVE = "inconclusive"
+NOT_TESTED = "not tested"
+VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED, NOT_TESTED)
 
 ENTROPY_COLUMNS: tuple[str, ...] = (
     "latent_entropy_gaussian",
@@ -62,19 +94,42 @@ ENTROPY_COLUMNS: tuple[str, ...] = (
 )
 """Latent entropy estimators written by the harness (any of them can drive the tests)."""
 
-MIN_BRANCH_TRIALS = 4
-MIN_BRANCH_LATENT_DIMS = 2
+# Columns of the trials table that configure a trial (besides latent_dim and seed): when
+# one of them varies inside a stratum, latent_dim is not the only thing that changes.
+CONFIG_COLUMNS: tuple[str, ...] = (
+    "hidden_dim",
+    "base_width",
+    "expansion",
+    "encoder_depth",
+    "decoder_depth",
+    "num_blocks",
+    "kl_weight",
+    "mem_size",
+    "shrink_threshold",
+    "entropy_weight",
+    "erase_fraction",
+    "constraint_weight",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "score",
+)
+
+OVER_TEST = "over-capacity drop: studentised max-t vs the largest latent_dim"
+UNDER_TEST = "under-capacity drop: studentised max-t vs the smallest latent_dim"
+FIXED_TEST = "within-latent_dim Spearman, stratified permutation"
+MIN_CORRELATION_TRIALS = 4
+
+
+# ----------------------------------------------------------------------------- records
 
 
 @dataclass(frozen=True)
-class BranchTest:
-    """A Spearman test of latent entropy against AUC on one branch of the AUC curve.
-
-    ``expected_sign`` is the sign the paper predicts (-1 over capacity, +1 under capacity;
-    the global test uses -1, the naive "lower entropy is better" reading).
-    ``verdict`` is one of ``supported``, ``contradicted``, ``inconclusive``; ``reason``
-    says why in words and is never empty.
-    """
+class Correlation:
+    """A Spearman correlation of latent entropy and AUC on some trials: a description,
+    never a verdict (it cannot separate entropy from latent_dim, and the branches are
+    chosen from the same data)."""
 
     branch: str
     n: int
@@ -82,32 +137,73 @@ class BranchTest:
     rho: float
     ci_low: float
     ci_high: float
-    p_value: float
-    verdict: str
-    reason: str
-    expected_sign: int
+    reason: str = ""
     latent_dims: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        """One line with the numbers, e.g. ``rho = -0.81 (95 % CI -0.90 to -0.66, p = 0.001,
-        n = 15 trials at 4 latent dims)``."""
+        """``rho = -0.81 (95 % CI -0.90 to -0.66, n = 15 trials at 4 latent dims)``."""
         if not math.isfinite(self.rho):
             return f"n = {self.n} trials at {self.n_latent_dims} latent dims: {self.reason}"
         return (
             f"rho = {self.rho:+.2f} (95 % CI {self.ci_low:+.2f} to {self.ci_high:+.2f}, "
-            f"permutation p {format_p_clause(self.p_value)}, n = {self.n} trials at "
-            f"{self.n_latent_dims} latent dims)"
+            f"n = {self.n} trials at {self.n_latent_dims} latent dims)"
         )
 
 
 @dataclass(frozen=True)
-class LatentDimPrediction:
-    """A label-free prediction of the best latent_dim.
+class CapacityTest:
+    """The test of one branch: is AUC at ``d*`` higher than at ``reference_dim``?
 
-    ``source_value`` is what the prediction is made from (the intrinsic dimension, or the
-    elbow's reconstruction error); ``ratio`` = predicted / observed best (NaN when either
-    is missing); ``reason`` explains a missing prediction.
+    ``p_value`` is the simulated max-t p; ``p_adjusted`` the Holm-adjusted one across the
+    strata of the study (the verdict uses it). ``effect`` = mean AUC at d* minus mean AUC
+    at the reference, ``effect_ci`` its 95 % simultaneous interval.
     """
+
+    branch: str
+    name: str
+    best_dim: int | None
+    reference_dim: int | None
+    statistic: float
+    p_value: float
+    p_adjusted: float
+    effect: float
+    effect_ci: tuple[float, float]
+    verdict: str
+    reason: str
+    p_rising: float = math.nan
+
+    def describe(self) -> str:
+        """The verdict with its numbers in one line."""
+        if self.verdict == NOT_TESTED:
+            return f"{self.verdict}: {self.reason}"
+        lo, hi = self.effect_ci
+        adj = "" if self.p_adjusted == self.p_value else f" (Holm {format_p(self.p_adjusted)})"
+        return (
+            f"{self.verdict}: {self.name}, p {format_p_clause(self.p_value)}{adj}; AUC "
+            f"d={self.best_dim} minus d={self.reference_dim}: {self.effect:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}]"
+        )
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """What the tests' standard errors are made of."""
+
+    level: str  # "seeds" or "seeds and test images"
+    n_seeds: int
+    df: int
+    seed_sd: float
+    n_test_images: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class LatentDimPrediction:
+    """A label-free prediction of the best latent_dim (from training or validation data).
+
+    ``inside`` is True when the prediction lies in the set of latent_dims not
+    distinguishable from d*; ``auc_lost`` = mean AUC at d* minus mean AUC at the
+    prediction (NaN when the prediction was not tried)."""
 
     method: str
     predicted: int | None
@@ -115,6 +211,8 @@ class LatentDimPrediction:
     observed: int | None
     ratio: float
     reason: str = ""
+    inside: bool | None = None
+    auc_lost: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -126,6 +224,7 @@ class StratumVerdict:
     model: str
     metric: str
     entropy_col: str
+    alpha: float
     n_trials: int
     n_seeds: int
     latent_dims: tuple[int, ...]
@@ -135,50 +234,77 @@ class StratumVerdict:
     best_latent_dim: int | None
     best_mean: float
     best_std: float
-    best_ci_low: int | None
-    best_ci_high: int | None
-    best_agreement: float
+    best_set: tuple[int, ...]
     best_reason: str
-    over: BranchTest
-    under: BranchTest
-    overall: BranchTest
+    over: CapacityTest
+    under: CapacityTest
+    uncertainty: Uncertainty
+    over_rho: Correlation
+    under_rho: Correlation
+    overall_rho: Correlation
     predictions: tuple[LatentDimPrediction, ...] = field(default_factory=tuple)
+    subset: str = ""
 
     @property
     def verdict(self) -> str:
         """The headline verdict: the over-capacity test (the paper's main claim)."""
         return self.over.verdict
 
+    @property
+    def p_value(self) -> float:
+        """The headline p-value, Holm-adjusted across strata."""
+        return self.over.p_adjusted
+
+    @property
+    def effect(self) -> float:
+        """AUC at d* minus AUC at the largest latent_dim."""
+        return self.over.effect
+
+    @property
+    def effect_ci(self) -> tuple[float, float]:
+        return self.over.effect_ci
+
+    @property
+    def best_ci_low(self) -> int | None:
+        return min(self.best_set) if self.best_set else None
+
+    @property
+    def best_ci_high(self) -> int | None:
+        return max(self.best_set) if self.best_set else None
+
     def best_text(self) -> str:
-        """The best latent_dim with its interval (or why there is none)."""
+        """The best latent_dim with the set of latent_dims within reach of it."""
         if self.best_latent_dim is None:
             return f"no best latent_dim: {self.best_reason}"
-        text = (
-            f"best latent_dim d* = {self.best_latent_dim} "
-            f"(mean {self.metric.upper()} {self.best_mean:.3f}"
-        )
+        text = f"best latent_dim d* = {self.best_latent_dim} (mean {self.metric.upper()} "
+        text += f"{self.best_mean:.3f}"
         if math.isfinite(self.best_std):
             text += f" ± {self.best_std:.3f}"
         text += f" over {self.count_by_latent_dim.get(self.best_latent_dim, 0)} trials)"
-        if self.best_ci_low is not None:
-            text += (
-                f"; 95 % bootstrap interval {self.best_ci_low}–{self.best_ci_high}, "
-                f"{100 * self.best_agreement:.0f} % of resamples agree"
-            )
+        if self.best_set:
+            dims = ", ".join(str(d) for d in self.best_set)
+            text += f"; not distinguishable from d* (95 %): {{{dims}}}"
         elif self.best_reason:
             text += f"; {self.best_reason}"
         return text
 
+    def headline(self) -> str:
+        """One line for the console: stratum, verdict, test, p and effect."""
+        return f"{self.stratum}: {self.over.describe()}"
+
     def summary(self) -> str:
-        """A paragraph in words, with every verdict next to its n."""
+        """A paragraph in words."""
         parts = [f"{self.stratum}: {self.best_text()}."]
+        if self.subset:
+            parts.append(self.subset + ".")
+        parts.append(f"Over capacity: {self.over.describe()}.")
+        parts.append(f"Under capacity: {self.under.describe()}.")
+        u = self.uncertainty
+        parts.append(f"Uncertainty from {u.level}{': ' + u.note if u.note else ''}.")
         parts.append(
-            f"Over capacity (d ≥ d*): {self.over.verdict.upper()}, {self.over.describe()}."
+            f"Entropy-AUC Spearman (descriptive) over capacity {self.over_rho.describe()}; "
+            f"all trials {self.overall_rho.describe()}."
         )
-        parts.append(
-            f"Under capacity (d ≤ d*): {self.under.verdict.upper()}, {self.under.describe()}."
-        )
-        parts.append(f"All trials (mixes both branches): {self.overall.describe()}.")
         for p in self.predictions:
             if p.predicted is None:
                 parts.append(f"Prediction from {p.method}: none ({p.reason}).")
@@ -188,6 +314,34 @@ class StratumVerdict:
                     f"(ratio to d*: {format_ratio(p.ratio)})."
                 )
         return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class FixedDimTest:
+    """Entropy vs AUC among trials of one data set that share a latent_dim."""
+
+    dataset: str
+    entropy_col: str
+    metric: str
+    n: int
+    groups: dict[int, int]
+    rho: float
+    p_value: float
+    p_adjusted: float
+    verdict: str
+    reason: str
+    entropy_range: tuple[float, float] = (math.nan, math.nan)
+    name: str = FIXED_TEST
+
+    def describe(self) -> str:
+        if self.verdict == NOT_TESTED:
+            return f"{self.dataset}: {self.verdict}: {self.reason}"
+        adj = "" if self.p_adjusted == self.p_value else f" (Holm {format_p(self.p_adjusted)})"
+        return (
+            f"{self.dataset}: {self.verdict}: within-latent_dim rho = {self.rho:+.2f}, "
+            f"p {format_p_clause(self.p_value)}{adj}, n = {self.n} trials in "
+            f"{len(self.groups)} latent_dim groups"
+        )
 
 
 def format_p(p: float) -> str:
@@ -210,232 +364,14 @@ def format_ratio(r: float) -> str:
     return f"{r:.2f}x" if math.isfinite(r) else "n/a"
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def _row_spearman(x_ranks: np.ndarray, y_ranks: np.ndarray) -> np.ndarray:
-    """Pearson correlation of ranks along the last axis (NaN where a row is constant)."""
-    xc = x_ranks - x_ranks.mean(axis=-1, keepdims=True)
-    yc = y_ranks - y_ranks.mean(axis=-1, keepdims=True)
-    num = (xc * yc).sum(axis=-1)
-    den = np.sqrt((xc * xc).sum(axis=-1) * (yc * yc).sum(axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    out[den <= 1e-12] = np.nan
-    return out
-
-
-def _resampled_ranks(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Average ranks within each row of ``values[idx]`` without sorting every row.
-
-    A row holds copies of the original values; with ``c_g`` copies of the g-th smallest
-    distinct value, those copies share the rank ``sum(c_<g) + (c_g + 1) / 2``.
-    """
-    uniq, group = np.unique(values, return_inverse=True)
-    n_rows, n = idx.shape
-    gid = group[idx]
-    flat = (gid + np.arange(n_rows)[:, None] * len(uniq)).ravel()
-    counts = np.bincount(flat, minlength=n_rows * len(uniq)).reshape(n_rows, len(uniq))
-    group_rank = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2.0
-    return np.take_along_axis(group_rank, gid, axis=1)
-
-
-def spearman_test(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    n_boot: int = 2000,
-    n_perm: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float, float]:
-    """Spearman rho of ``x`` and ``y``, its bootstrap 95 % percentile CI (resampling
-    pairs) and a two-sided permutation p-value.
-
-    Returns ``(rho, ci_low, ci_high, p_value)``; all NaN when either input is constant.
-
-    Example:
-        >>> import numpy as np
-        >>> rho, lo, hi, p = spearman_test(np.arange(10.0), -np.arange(10.0), n_boot=100,
-        ...                                n_perm=100)
-        >>> rho, lo, hi, p < 0.05
-        (-1.0, -1.0, -1.0, True)
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    n = len(x)
-    rx = stats.rankdata(x)
-    ry = stats.rankdata(y)
-    rho = float(_row_spearman(rx[None], ry[None])[0])
-    if not math.isfinite(rho):
-        return (math.nan,) * 4
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    boot = _row_spearman(_resampled_ranks(x, idx), _resampled_ranks(y, idx))
-    boot = boot[np.isfinite(boot)]
-    if len(boot) == 0:
-        lo = hi = math.nan
-    else:
-        lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-    null = _row_spearman(
-        np.broadcast_to(rx, (n_perm, n)), rng.permuted(np.broadcast_to(ry, (n_perm, n)), axis=1)
-    )
-    extreme = np.sum(np.abs(null) >= abs(rho) - 1e-12)
-    p = float((1 + extreme) / (1 + n_perm))
-    return round(rho, 12), lo, hi, p
-
-
-def _branch_verdict(rho: float, lo: float, hi: float, expected_sign: int) -> tuple[str, str]:
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return INCONCLUSIVE, "no bootstrap interval"
-    excludes_zero = lo > 0 or hi < 0
-    if not excludes_zero:
-        return INCONCLUSIVE, "the 95 % CI includes 0"
-    sign = 1 if rho > 0 else -1
-    word = "higher" if sign > 0 else "lower"
-    text = f"{word} latent entropy goes with higher AUC"
-    if sign == expected_sign:
-        return SUPPORTED, text + " (as the paper predicts)"
-    return CONTRADICTED, text + " (against the paper's prediction)"
-
-
-def branch_test(
-    df: pd.DataFrame,
-    *,
-    branch: str,
-    expected_sign: int,
-    entropy_col: str,
-    metric: str = "auc",
-    n_boot: int = 2000,
-    n_perm: int = 2000,
-    seed: int = 0,
-) -> BranchTest:
-    """Test the entropy-metric correlation on the trials in ``df`` (one branch).
-
-    Trials with a missing entropy or metric are left out; fewer than
-    ``MIN_BRANCH_TRIALS`` trials or ``MIN_BRANCH_LATENT_DIMS`` distinct latent_dims give an
-    inconclusive verdict with that reason.
-    """
-    nan = math.nan
-    if entropy_col not in df.columns:
-        return BranchTest(
-            branch,
-            0,
-            0,
-            nan,
-            nan,
-            nan,
-            nan,
-            INCONCLUSIVE,
-            f"column {entropy_col!r} is not in the trials table",
-            expected_sign,
-        )
-    arr = np.column_stack(
-        [
-            pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
-            for c in ("latent_dim", entropy_col, metric)
-        ]
-    ).reshape(len(df), 3)
-    arr = arr[np.isfinite(arr).all(axis=1)]
-    n = len(arr)
-    dims = tuple(int(d) for d in np.unique(arr[:, 0]))
-    base = dict(branch=branch, n=n, n_latent_dims=len(dims), expected_sign=expected_sign)
-    if n < MIN_BRANCH_TRIALS or len(dims) < MIN_BRANCH_LATENT_DIMS:
-        reason = (
-            f"too few trials: {n} with a finite {entropy_col} and {metric} at {len(dims)} "
-            f"latent dims (need >= {MIN_BRANCH_TRIALS} trials at >= "
-            f"{MIN_BRANCH_LATENT_DIMS} latent dims)"
-        )
-        return BranchTest(
-            **base,
-            rho=nan,
-            ci_low=nan,
-            ci_high=nan,
-            p_value=nan,
-            verdict=INCONCLUSIVE,
-            reason=reason,
-            latent_dims=dims,
-        )
-    rho, lo, hi, p = spearman_test(
-        arr[:, 1],
-        arr[:, 2],
-        n_boot=n_boot,
-        n_perm=n_perm,
-        seed=seed,
-    )
-    if not math.isfinite(rho):
-        return BranchTest(
-            **base,
-            rho=nan,
-            ci_low=nan,
-            ci_high=nan,
-            p_value=nan,
-            verdict=INCONCLUSIVE,
-            reason=f"{entropy_col} or {metric} is constant on this branch",
-            latent_dims=dims,
-        )
-    verdict, reason = _branch_verdict(rho, lo, hi, expected_sign)
-    return BranchTest(
-        **base,
-        rho=rho,
-        ci_low=lo,
-        ci_high=hi,
-        p_value=p,
-        verdict=verdict,
-        reason=reason,
-        latent_dims=dims,
-    )
-
-
-def best_latent_dim(
-    df: pd.DataFrame, *, metric: str = "auc", n_boot: int = 2000, seed: int = 0
-) -> tuple[int | None, int | None, int | None, float, str]:
-    """The latent_dim with the highest mean ``metric`` and a bootstrap interval for it.
-
-    Returns ``(best, ci_low, ci_high, agreement, reason)``: the interval is the 2.5/97.5
-    percentiles of the resampled argmax (trials resampled within each latent_dim), the
-    agreement the fraction of resamples whose argmax equals ``best``. Ties go to the
-    smallest latent_dim. With one seed only there is no interval (``None``) and
-    ``reason`` says so.
-
-    Example:
-        >>> import pandas as pd
-        >>> df = pd.DataFrame(dict(latent_dim=[1, 2, 4, 1, 2, 4], seed=[0, 0, 0, 1, 1, 1],
-        ...                        auc=[0.6, 0.9, 0.7, 0.62, 0.88, 0.71]))
-        >>> best_latent_dim(df, n_boot=100)[:4]
-        (2, 2, 2, 1.0)
-    """
-    sub = df[["latent_dim", metric]].apply(pd.to_numeric, errors="coerce").dropna()
-    if sub.empty:
-        return None, None, None, math.nan, f"no trial with a finite {metric}"
-    groups = {int(d): g[metric].to_numpy(dtype=float) for d, g in sub.groupby("latent_dim")}
-    dims = np.array(sorted(groups))
-    means = np.array([groups[d].mean() for d in dims])
-    best = int(dims[int(np.argmax(means))])
-    n_seeds = df.loc[sub.index, "seed"].nunique() if "seed" in df.columns else 1
-    if len(dims) < 2:
-        return best, None, None, math.nan, "only one latent_dim: no interval"
-    if n_seeds < 2 or max(len(v) for v in groups.values()) < 2:
-        return best, None, None, math.nan, "one seed only: no interval for the best latent_dim"
-    rng = np.random.default_rng(seed)
-    boot_means = np.empty((n_boot, len(dims)))
-    for j, d in enumerate(dims):
-        v = groups[int(d)]
-        boot_means[:, j] = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    boot_best = dims[np.argmax(boot_means, axis=1)]
-    lo, hi = np.percentile(boot_best, [2.5, 97.5], method="inverted_cdf")
-    agreement = float(np.mean(boot_best == best))
-    return best, int(lo), int(hi), agreement, ""
-
-
 # ----------------------------------------------------------------- label-free predictions
 
 
 def predict_from_intrinsic_dim(
     intrinsic_dim: float, candidates: Sequence[int] = DEFAULT_LATENT_DIM_CANDIDATES
 ) -> int | None:
-    """Label-free latent_dim from the image intrinsic dimension: the smallest candidate
-    latent_dim >= the rounded intrinsic dimension (the rule of
-    ``ae4ad.latent.predict_latent_dim_from_intrinsic_dim``); None when it is missing.
+    """Label-free latent_dim from the image intrinsic dimension (the smallest candidate
+    >= its rounded value; ``ae4ad.latent.predict_latent_dim_from_intrinsic_dim``).
 
     Example:
         >>> predict_from_intrinsic_dim(5.3), predict_from_intrinsic_dim(float("nan"))
@@ -449,7 +385,7 @@ def predict_from_intrinsic_dim(
 
 def elbow_from_errors(latent_dims: Sequence[int], errors: Sequence[float]) -> int | None:
     """Label-free latent_dim from the elbow of the normal reconstruction error against
-    latent_dim (the rule of ``ae4ad.latent.elbow_latent_dim``); None without finite errors.
+    latent_dim (``ae4ad.latent.elbow_latent_dim``); None without finite errors.
 
     Example:
         >>> elbow_from_errors([1, 2, 4, 8, 16, 32], [1.0, 0.6, 0.3, 0.25, 0.24, 0.23])
@@ -461,70 +397,254 @@ def elbow_from_errors(latent_dims: Sequence[int], errors: Sequence[float]) -> in
         return None
 
 
-def _predictions(df: pd.DataFrame, best: int | None) -> tuple[LatentDimPrediction, ...]:
+def _predictions(
+    dims: np.ndarray,
+    intrinsic: np.ndarray,
+    val_error: np.ndarray,
+    best: int | None,
+    best_set: Sequence[int],
+    means: dict[int, float],
+) -> tuple[LatentDimPrediction, ...]:
+    """Label-free predictions from the training images' intrinsic dimension and the
+    validation reconstruction error of the trials (arrays aligned with ``dims``)."""
+    candidates = sorted({int(d) for d in dims}) or list(DEFAULT_LATENT_DIM_CANDIDATES)
+
+    def make(method: str, pred: int | None, source: float, reason: str) -> LatentDimPrediction:
+        ratio = pred / best if (pred is not None and best) else math.nan
+        inside = None if (pred is None or not best_set) else pred in best_set
+        lost = means[best] - means[pred] if (pred in means and best in means) else math.nan
+        return LatentDimPrediction(method, pred, source, best, ratio, reason, inside, lost)
+
     out = []
-    candidates = sorted(int(d) for d in df["latent_dim"].unique()) or DEFAULT_LATENT_DIM_CANDIDATES
-
-    def ratio(pred: int | None) -> float:
-        return pred / best if (pred is not None and best) else math.nan
-
-    col = "image_intrinsic_dim_twonn"
-    vals = pd.to_numeric(df[col], errors="coerce").dropna() if col in df.columns else None
-    if vals is None or vals.empty:
-        out.append(
-            LatentDimPrediction(
-                "image intrinsic dimension (TwoNN)",
-                None,
-                math.nan,
-                best,
-                math.nan,
-                f"no {col} values",
-            )
-        )
+    method = "image intrinsic dimension (TwoNN, training images)"
+    finite = intrinsic[np.isfinite(intrinsic)]
+    if len(finite) == 0:
+        out.append(make(method, None, math.nan, "no image_intrinsic_dim_twonn values"))
     else:
-        idim = float(vals.median())
+        idim = float(np.median(finite))
         pred = predict_from_intrinsic_dim(idim, candidates)
-        out.append(
-            LatentDimPrediction(
-                "image intrinsic dimension (TwoNN)",
-                pred,
-                idim,
-                best,
-                ratio(pred),
-                f"intrinsic dimension {idim:.2f} -> smallest tried latent_dim >= it",
-            )
-        )
-    err_col = next(
-        (
-            c
-            for c in ("recon_error_val_normal", "recon_error_test_normal")
-            if c in df.columns and pd.to_numeric(df[c], errors="coerce").notna().any()
-        ),
-        None,
-    )
-    method = "elbow of normal reconstruction error"
-    if err_col is None:
-        out.append(
-            LatentDimPrediction(method, None, math.nan, best, math.nan, "no reconstruction errors")
-        )
+        out.append(make(method, pred, idim, f"intrinsic dimension {idim:.2f} -> smallest "
+                        "tried latent_dim >= it"))  # fmt: skip
+    method = "elbow of the validation reconstruction error (normal images)"
+    ok = np.isfinite(val_error)
+    if not ok.any():
+        why = "not available: the data set has no validation split (test data is never used)"
+        out.append(make(method, None, math.nan, why))
     else:
-        curve = (
-            df.assign(_e=pd.to_numeric(df[err_col], errors="coerce"))
-            .dropna(subset=["_e"])
-            .groupby("latent_dim")["_e"]
-            .mean()
-        )
-        pred = elbow_from_errors(curve.index.to_numpy(), curve.to_numpy())
-        split = "validation" if err_col.endswith("val_normal") else "test"
-        reason = f"from {err_col} ({split} normal images)"
-        if pred is None:
-            reason = f"no finite {err_col} values"
-        src = float(curve.get(pred, math.nan)) if pred is not None else math.nan
-        out.append(LatentDimPrediction(method, pred, src, best, ratio(pred), reason))
+        gm = GroupMeans.of(val_error[ok], dims[ok])
+        pred = elbow_from_errors(gm.groups, gm.means)
+        src = float(gm.means[list(gm.groups).index(pred)]) if pred is not None else math.nan
+        out.append(make(method, pred, src, "from recon_error_val_normal"))
     return tuple(out)
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- per stratum
+
+
+def _status_reason(g: pd.DataFrame) -> str:
+    """``no completed trial: 12 early-stopped at epoch 5`` and the like."""
+    if "status" not in g.columns or g.empty:
+        return "no completed trial"
+    parts = []
+    for status, rows in g.groupby(g["status"].astype(str), sort=False):
+        text = f"{len(rows)} {status}"
+        if status == "early-stopped" and "epochs_done" in rows.columns:
+            epochs = sorted({int(e) for e in pd.to_numeric(rows["epochs_done"]).dropna()})
+            if epochs:
+                shown = ", ".join(str(e) for e in epochs[:4]) + (", ..." if len(epochs) > 4 else "")
+                text += f" at epoch{'s' if len(epochs) > 1 else ''} {shown}"
+        parts.append(text)
+    return "no completed trial: " + "; ".join(parts)
+
+
+def _like_for_like(g: pd.DataFrame, varying: list[str]) -> tuple[np.ndarray, str, str]:
+    """Positions (in ``g``) of the largest subset in which only latent_dim and seed vary.
+
+    Returns ``(positions, note, refusal)``: the note says which subset was used; the
+    refusal is non-empty when no subset can test latent_dim."""
+    keys = g[varying].astype(str).agg(" | ".join, axis=1).to_numpy()
+    dims = g["latent_dim"].to_numpy()
+    best_key, best_size = None, (-1, -1)
+    for key in dict.fromkeys(keys):
+        sel = keys == key
+        size = (len(np.unique(dims[sel])), int(sel.sum()))
+        if size > best_size:
+            best_key, best_size = key, size
+    pos = np.flatnonzero(keys == best_key)
+    names = ", ".join(varying)
+    if best_size[0] < 2 or best_size[1] <= best_size[0]:
+        refusal = (
+            f"latent_dim varies together with {names}: no like-for-like subset with 2 or "
+            "more latent_dims and a repeated one; a grid over latent_dim (with seeds) is "
+            "needed to test the hypothesis"
+        )
+        return pos, "", refusal
+    first = g.iloc[pos[0]]
+    values = ", ".join(f"{c} = {first[c]}" for c in varying)
+    note = (
+        f"latent_dim varies together with {names}; tested on the like-for-like subset "
+        f"{values} ({len(pos)} of {len(g)} trials)"
+    )
+    return pos, note, ""
+
+
+def _not_tested(branch: str, reason: str, best: int | None) -> CapacityTest:
+    nan = math.nan
+    name = OVER_TEST if branch == "over-capacity" else UNDER_TEST
+    return CapacityTest(
+        branch, name, best, None, nan, nan, nan, nan, (nan, nan), NOT_TESTED, reason
+    )
+
+
+@dataclass
+class _Stratum:
+    """One stratum's completed trials as arrays, before the Holm adjustment."""
+
+    key: str
+    dataset: str
+    model: str
+    n_trials: int
+    dims: np.ndarray
+    y: np.ndarray
+    entropy: np.ndarray
+    intrinsic: np.ndarray
+    val_error: np.ndarray
+    n_seeds: int
+    refusal: str = ""
+    note: str = ""
+    gm: GroupMeans | None = None
+    uncertainty: Uncertainty | None = None
+    over: object = None
+    under: object = None
+
+
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(len(df), math.nan)
+    return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+
+
+def _prepare(
+    key: str,
+    df: pd.DataFrame,
+    rows: np.ndarray,
+    cols: dict[str, np.ndarray],
+    varying: list[str],
+) -> tuple[_Stratum, np.ndarray]:
+    """The completed trials of one stratum (``rows``: its positions in ``df``; ``cols``:
+    the columns the tests read, as arrays aligned with ``rows``). Returns the stratum and
+    its trial ids."""
+    keep = cols["completed"] & np.isfinite(cols["y"])
+    note = refusal = ""
+    if varying and keep.any():
+        pos, note, refusal = _like_for_like(df.iloc[rows[keep]], varying)
+        sel = np.zeros(len(g), dtype=bool)
+        sel[np.flatnonzero(keep)[pos]] = True
+        keep = sel
+    seeds = cols["seed"][keep]
+    s = _Stratum(
+        key=key,
+        dataset=str(cols["dataset"][0]),
+        model=str(cols["model"][0]),
+        n_trials=int(keep.sum()),
+        dims=cols["dims"][keep],
+        y=cols["y"][keep],
+        entropy=cols["entropy"][keep],
+        intrinsic=cols["intrinsic"][keep],
+        val_error=cols["val_error"][keep],
+        n_seeds=len(set(seeds.tolist())) if len(seeds) else 0,
+        refusal=refusal,
+        note=note,
+    )
+    if not keep.any():
+        s.refusal = _status_reason(df.iloc[rows])
+    return s, cols["trial_id"][keep]
+
+
+def _test_stratum(
+    s: _Stratum,
+    trial_ids: np.ndarray,
+    scores: pd.DataFrame | None,
+    metric: str,
+    alpha: float,
+    n_sim: int,
+    seed: int,
+) -> None:
+    if s.refusal:
+        s.uncertainty = Uncertainty("seeds", s.n_seeds, 0, math.nan)
+        if len(s.y):
+            s.gm = GroupMeans.of(s.y, s.dims)
+        return
+    gm = s.gm = GroupMeans.of(s.y, s.dims)
+    cov, n_img, why = None, 0, "per-image scores not given"
+    if scores is not None and metric == "auc" and len(gm.groups) > 1:
+        by_dim = [trial_ids[s.dims == d] for d in gm.groups]
+        cov, n_img, why = _image_covariance(scores, by_dim)
+    if cov is not None:
+        note = f"DeLong covariance over {n_img} test images, paired across latent_dims"
+    else:
+        note = f"seeds only ({why}); the test set is taken as fixed"
+    level = "seeds and test images" if cov is not None else "seeds"
+    sd = math.sqrt(gm.s2) if gm.df > 0 else math.nan
+    s.uncertainty = Uncertainty(level, s.n_seeds, gm.df, sd, n_img, note)
+    if len(gm.groups) < 2:
+        s.refusal = "only one latent_dim"
+    elif gm.df == 0 and cov is None:
+        s.refusal = "one trial per latent_dim (one seed) and no per-image scores: no variance"
+    elif gm.s2 == 0 and (cov is None or not np.any(np.diag(cov) > 0)):
+        s.refusal = f"{metric} does not vary between seeds: no variance"
+    if s.refusal:
+        return
+    kw = dict(cov=cov, level=1 - alpha, n_sim=n_sim, seed=seed)
+    s.over = max_t_from_means(gm, reference="last", **kw)
+    s.under = max_t_from_means(gm, reference="first", **kw)
+
+
+def _image_covariance(
+    scores: pd.DataFrame, trial_ids_by_dim: Sequence[np.ndarray]
+) -> tuple[np.ndarray | None, int, str]:
+    """The DeLong covariance of the per-latent_dim mean AUCs from ``scores.parquet``
+    rows (trial_id, index, score, label), or None with the reason."""
+    wanted = [str(t) for ids in trial_ids_by_dim for t in ids]
+    sub = scores[scores["trial_id"].astype(str).isin(wanted)]
+    if sub.empty:
+        return None, 0, "no per-image scores for these trials"
+    wide = sub.pivot_table(index="trial_id", columns="index", values="score", aggfunc="first")
+    labels = sub.groupby("index")["label"].agg(["min", "max"])
+    if len(wide) < len(set(wanted)) or wide.isna().any().any():
+        return None, 0, "the trials do not share one test set"
+    if (labels["min"] != labels["max"]).any():
+        return None, 0, "the trials' test labels differ"
+    lab = labels["min"].reindex(wide.columns).to_numpy() > 0
+    if lab.all() or not lab.any():
+        return None, 0, "the test set has one class only"
+    row = {str(t): i for i, t in enumerate(wide.index)}
+    rows = [[row[str(t)] for t in ids] for ids in trial_ids_by_dim]
+    return mean_auc_covariance(wide.to_numpy(dtype=float), lab, rows), int(wide.shape[1]), ""
+
+
+def _decide(s: _Stratum, branch: str, p_adj: float, p_rise_adj: float, alpha: float):
+    over = branch == "over-capacity"
+    r = s.over if over else s.under
+    best = int(s.gm.groups[int(np.argmax(s.gm.means))]) if s.gm is not None else None
+    if r is None:
+        return _not_tested(branch, s.refusal, best)
+    name = OVER_TEST if over else UNDER_TEST
+    if r.best == r.reference:
+        where = "largest" if over else "smallest"
+        verdict, reason = NOT_SHOWN, f"the best mean AUC is at the {where} latent_dim tried"
+    elif p_adj <= alpha:
+        verdict, reason = SUPPORTED, f"AUC at d* = {r.best} is higher than at d = {r.reference}"
+    else:
+        verdict = NOT_SHOWN
+        reason = f"the AUC difference between d* = {r.best} and d = {r.reference} is within noise"
+    if over and verdict != SUPPORTED and p_rise_adj <= alpha:
+        verdict = CONTRADICTED
+        reason = f"AUC keeps rising: d = {r.reference} is better than every other latent_dim"
+    return CapacityTest(
+        branch, name, r.best, r.reference, r.statistic, r.p_value, p_adj, r.effect,
+        r.effect_ci, verdict, reason, r.p_reference_best,
+    )  # fmt: skip
 
 
 def _stratum_key(df: pd.DataFrame) -> pd.Series:
@@ -533,120 +653,310 @@ def _stratum_key(df: pd.DataFrame) -> pd.Series:
     return df["dataset"].astype(str) + "/" + df["model"].astype(str)
 
 
-def verdicts(
-    trials_df: pd.DataFrame,
-    entropy_col: str = "latent_entropy_gaussian",
-    *,
-    metric: str = "auc",
-    n_boot: int = 2000,
-    n_perm: int = 2000,
-    seed: int = 0,
-) -> list[StratumVerdict]:
-    """One :class:`StratumVerdict` per stratum, from the completed trials of a study.
+def _varying_config(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Per stratum, the config columns (besides latent_dim and seed) that vary among its
+    completed trials."""
+    done = df[df["status"] == "completed"] if "status" in df.columns else df
+    cols = [c for c in CONFIG_COLUMNS if c in done.columns]
+    if not cols or done.empty:
+        return {}
+    n = done.groupby("_stratum", sort=False)[cols].nunique(dropna=False)
+    return {str(k): [c for c in cols if row[c] > 1] for k, row in n.iterrows()}
 
-    ``trials_df`` is the harness's trials table (columns dataset, model, latent_dim, seed,
-    status, the metric and the entropy column; ``stratum`` optional). Rows whose status is
-    not ``completed`` are ignored. Strata come out in the order they first appear.
+
+def verdicts(
+    trials: pd.DataFrame,
+    scores: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+    *,
+    entropy_col: str = "latent_entropy_gaussian",
+    metric: str = "auc",
+    n_sim: int = 10000,
+    n_boot: int = 2000,
+    seed: int = 0,
+    adjust: str | None = "holm",
+) -> list[StratumVerdict]:
+    """One :class:`StratumVerdict` per stratum of a study's trials table.
+
+    ``trials`` has columns dataset, model, latent_dim, seed, status, the metric and the
+    entropy column (``stratum`` and ``trial_id`` optional); only completed trials are
+    analysed, but every stratum in the table gets a verdict (``not tested`` with the
+    reason when none completed). ``scores`` (``scores.parquet``) adds the test-image level
+    of uncertainty. ``adjust="holm"`` adjusts the p-values across strata (None: raw).
+    ``n_sim`` null draws; ``n_boot`` bootstrap resamples of the descriptive Spearman
+    intervals (0 skips the descriptions). Strata come out in the order they first appear.
 
     Raises ``ValueError`` naming the missing column when latent_dim, dataset, model or the
-    metric is absent.
+    metric is absent, or when alpha is not in (0, 1).
     """
     for col in ("dataset", "model", "latent_dim", metric):
-        if col not in trials_df.columns:
+        if col not in trials.columns:
             raise ValueError(
                 f"trials table: column {col!r} is missing; the hypothesis tests need "
                 f"dataset, model, latent_dim and {metric}"
             )
-    df = trials_df
-    if "status" in df.columns:
-        df = df[df["status"] == "completed"]
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    d = pd.to_numeric(trials["latent_dim"], errors="coerce")
+    df = trials[d.notna()].assign(latent_dim=d[d.notna()].astype(int))
     df = df.assign(_stratum=_stratum_key(df))
-    df = df[pd.to_numeric(df["latent_dim"], errors="coerce").notna()].copy()
-    df["latent_dim"] = df["latent_dim"].astype(int)
+    if "trial_id" not in df.columns:
+        df["trial_id"] = [f"row-{i}" for i in range(len(df))]
+    varying = _varying_config(df)
+    arrays = dict(
+        completed=(df["status"] == "completed").to_numpy()
+        if "status" in df.columns
+        else np.ones(len(df), dtype=bool),
+        y=_column(df, metric),
+        dims=df["latent_dim"].to_numpy(dtype=int),
+        entropy=_column(df, entropy_col),
+        intrinsic=_column(df, "image_intrinsic_dim_twonn"),
+        val_error=_column(df, "recon_error_val_normal"),
+        seed=df["seed"].to_numpy() if "seed" in df.columns else np.zeros(len(df)),
+        trial_id=df["trial_id"].astype(str).to_numpy(),
+        dataset=df["dataset"].astype(str).to_numpy(),
+        model=df["model"].astype(str).to_numpy(),
+    )
+    strata = []
+    for key, pos in df.groupby("_stratum", sort=False).indices.items():
+        cols = {k: v[pos] for k, v in arrays.items()}
+        s, ids = _prepare(str(key), df, pos, cols, varying.get(str(key), []))
+        _test_stratum(s, ids, scores, metric, alpha, n_sim, seed)
+        strata.append(s)
+
+    def adjusted(values: list[float]) -> list[float]:
+        return holm(values) if adjust == "holm" else values
+
+    p_over = adjusted([s.over.p_value if s.over else math.nan for s in strata])
+    p_rise = adjusted([s.over.p_reference_best if s.over else math.nan for s in strata])
+    p_under = adjusted([s.under.p_value if s.under else math.nan for s in strata])
+    return [
+        _assemble(s, metric, entropy_col, alpha, n_boot, seed, po, pr, pu)
+        for s, po, pr, pu in zip(strata, p_over, p_rise, p_under)
+    ]
+
+
+def correlation(
+    dims: np.ndarray, entropy: np.ndarray, y: np.ndarray, *, branch: str, n_boot: int, seed: int
+) -> Correlation:
+    """The Spearman description of entropy vs the metric over the given trials."""
+    ok = np.isfinite(entropy) & np.isfinite(y)
+    dims, entropy, y = dims[ok], entropy[ok], y[ok]
+    kept = tuple(int(d) for d in np.unique(dims))
+    base = dict(branch=branch, n=len(y), n_latent_dims=len(kept), latent_dims=kept)
+    if n_boot == 0:
+        return Correlation(**base, rho=math.nan, ci_low=math.nan, ci_high=math.nan,
+                           reason="not computed (n_boot=0)")  # fmt: skip
+    if len(y) < MIN_CORRELATION_TRIALS or len(kept) < 2:
+        why = f"too few trials ({len(y)} at {len(kept)} latent dims)"
+        if not ok.any():
+            why = "no latent entropy values"
+        return Correlation(**base, rho=math.nan, ci_low=math.nan, ci_high=math.nan, reason=why)
+    rho, lo, hi = spearman_ci(entropy, y, n_boot=n_boot, seed=seed)
+    why = "" if math.isfinite(rho) else "the latent entropy or the metric is constant"
+    return Correlation(**base, rho=rho, ci_low=lo, ci_high=hi, reason=why)
+
+
+def _assemble(
+    s: _Stratum,
+    metric: str,
+    entropy_col: str,
+    alpha: float,
+    n_boot: int,
+    seed: int,
+    p_over: float,
+    p_rise: float,
+    p_under: float,
+) -> StratumVerdict:
+    gm = s.gm
+    groups = [int(g) for g in gm.groups] if gm is not None else []
+    means = {g: float(m) for g, m in zip(groups, gm.means)} if gm is not None else {}
+    counts = {g: int(c) for g, c in zip(groups, gm.counts)} if gm is not None else {}
+    std = {}
+    if gm is not None:
+        idx = np.searchsorted(gm.groups, s.dims)
+        ss = np.bincount(idx, weights=(s.y - gm.means[idx]) ** 2, minlength=len(groups))
+        for g, c, v in zip(groups, gm.counts, ss):
+            std[g] = math.sqrt(v / (c - 1)) if c > 1 else math.nan
+    best = max(means, key=lambda g: (means[g], -g)) if means else None
+    over = _decide(s, "over-capacity", p_over, p_rise, alpha)
+    best_set = s.over.best_set if s.over is not None else ()
+    corr = dict(n_boot=n_boot)
+    if best is None:
+        over_rho = under_rho = correlation(s.dims, s.entropy, s.y, branch="over-capacity",
+                                           seed=seed, **corr)  # fmt: skip
+    else:
+        hi, lo = s.dims >= best, s.dims <= best
+        over_rho = correlation(s.dims[hi], s.entropy[hi], s.y[hi], branch="over-capacity",
+                               seed=seed, **corr)  # fmt: skip
+        under_rho = correlation(s.dims[lo], s.entropy[lo], s.y[lo], branch="under-capacity",
+                                seed=seed + 1, **corr)  # fmt: skip
+    overall = correlation(s.dims, s.entropy, s.y, branch="global", seed=seed + 2, **corr)
+    return StratumVerdict(
+        stratum=s.key,
+        dataset=s.dataset,
+        model=s.model,
+        metric=metric,
+        entropy_col=entropy_col,
+        alpha=alpha,
+        n_trials=s.n_trials,
+        n_seeds=s.n_seeds,
+        latent_dims=tuple(groups),
+        mean_by_latent_dim=means,
+        std_by_latent_dim=std,
+        count_by_latent_dim=counts,
+        best_latent_dim=best,
+        best_mean=means.get(best, math.nan),
+        best_std=std.get(best, math.nan),
+        best_set=tuple(int(d) for d in best_set),
+        best_reason=s.refusal if not best_set else "",
+        over=over,
+        under=_decide(s, "under-capacity", p_under, math.nan, alpha),
+        uncertainty=s.uncertainty,
+        over_rho=over_rho,
+        under_rho=under_rho,
+        overall_rho=overall,
+        predictions=_predictions(s.dims, s.intrinsic, s.val_error, best, best_set, means)
+        if len(s.dims)
+        else (),
+        subset=s.note,
+    )
+
+
+# ------------------------------------------------------------------ entropy at fixed d
+
+
+def fixed_latent_dim_tests(
+    trials: pd.DataFrame,
+    alpha: float = 0.05,
+    *,
+    entropy_col: str = "latent_entropy_gaussian",
+    metric: str = "auc",
+    n_perm: int = 5000,
+    seed: int = 0,
+    adjust: str | None = "holm",
+) -> list[FixedDimTest]:
+    """Does lower latent entropy go with higher AUC among trials that share a latent_dim?
+
+    Per data set: completed trials grouped by latent_dim; the statistic is the pooled
+    within-group Spearman rho (the correlation of within-group centred ranks); its null
+    distribution comes from permuting AUC within each latent_dim group (exact under "the
+    entropy of a trial says nothing about its AUC at that latent_dim"). Two-sided p;
+    ``supported`` when p <= alpha and rho < 0, ``contradicted`` when p <= alpha and
+    rho > 0, ``not shown`` otherwise. Groups need 2 or more trials that differ in both.
+
+    Example:
+        >>> import numpy as np, pandas as pd
+        >>> rng = np.random.default_rng(1)
+        >>> h = rng.normal(size=30)
+        >>> df = pd.DataFrame(dict(dataset="toy", model="vae", latent_dim=64, seed=range(30),
+        ...     status="completed", latent_entropy_gaussian=h,
+        ...     auc=0.8 - 0.02 * h + 0.005 * rng.normal(size=30)))
+        >>> (t,) = fixed_latent_dim_tests(df, n_perm=2000)
+        >>> t.verdict, t.rho < -0.5
+        ('supported', True)
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    df = trials[trials["status"] == "completed"] if "status" in trials.columns else trials
+    raw = [
+        _fixed_one(str(name), g, entropy_col, metric, n_perm, seed)
+        for name, g in df.groupby(df["dataset"].astype(str), sort=False)
+    ]
+    p_raw = [r["p"] for r in raw]
+    p_adj = holm(p_raw) if adjust == "holm" else p_raw
     out = []
-    for key, g in df.groupby("_stratum", sort=False):
-        vals = g[["latent_dim", metric]].copy()
-        vals[metric] = pd.to_numeric(vals[metric], errors="coerce")
-        vals = vals.dropna()
-        agg = vals.groupby("latent_dim")[metric].agg(["mean", "std", "count"])
-        best, lo, hi, agree, reason = best_latent_dim(g, metric=metric, n_boot=n_boot, seed=seed)
-        common = dict(entropy_col=entropy_col, metric=metric, n_boot=n_boot, n_perm=n_perm)
-        if best is None:
-            over = under = branch_test(
-                g.iloc[:0], branch="over-capacity", expected_sign=-1, seed=seed, **common
-            )
+    for r, pa in zip(raw, p_adj):
+        reason = r["reason"]
+        if reason:
+            verdict = NOT_TESTED
+        elif pa <= alpha:
+            verdict = SUPPORTED if r["rho"] < 0 else CONTRADICTED
+            reason = ("lower" if r["rho"] < 0 else "higher") + " entropy goes with higher AUC"
         else:
-            over = branch_test(
-                g[g["latent_dim"] >= best],
-                branch="over-capacity",
-                expected_sign=-1,
-                seed=seed,
-                **common,
-            )
-            under = branch_test(
-                g[g["latent_dim"] <= best],
-                branch="under-capacity",
-                expected_sign=1,
-                seed=seed + 1,
-                **common,
-            )
-        overall = branch_test(g, branch="global", expected_sign=-1, seed=seed + 2, **common)
-        if math.isfinite(overall.rho):
-            overall = replace(overall, reason="mixes the over- and under-capacity branches")
-        best_std = float(agg.loc[best, "std"]) if best is not None else math.nan
+            verdict, reason = NOT_SHOWN, "the within-latent_dim correlation is within noise"
         out.append(
-            StratumVerdict(
-                stratum=str(key),
-                dataset=str(g["dataset"].iloc[0]),
-                model=str(g["model"].iloc[0]),
-                metric=metric,
-                entropy_col=entropy_col,
-                n_trials=len(g),
-                n_seeds=int(g["seed"].nunique()) if "seed" in g.columns else 1,
-                latent_dims=tuple(int(d) for d in agg.index),
-                mean_by_latent_dim={int(d): float(v) for d, v in agg["mean"].items()},
-                std_by_latent_dim={int(d): float(v) for d, v in agg["std"].items()},
-                count_by_latent_dim={int(d): int(v) for d, v in agg["count"].items()},
-                best_latent_dim=best,
-                best_mean=float(agg.loc[best, "mean"]) if best is not None else math.nan,
-                best_std=best_std,
-                best_ci_low=lo,
-                best_ci_high=hi,
-                best_agreement=agree,
-                best_reason=reason,
-                over=over,
-                under=under,
-                overall=overall,
-                predictions=_predictions(g, best),
-            )
+            FixedDimTest(
+                r["dataset"],
+                entropy_col,
+                metric,
+                r["n"],
+                r["groups"],
+                r["rho"],
+                r["p"],
+                pa,
+                verdict,
+                reason,
+                r["range"],
+            )  # fmt: skip
         )
     return out
+
+
+def _fixed_one(
+    dataset: str, g: pd.DataFrame, entropy_col: str, metric: str, n_perm: int, seed: int
+) -> dict:
+    out = dict(dataset=dataset, n=0, groups={}, p=math.nan, rho=math.nan,
+               range=(math.nan, math.nan), reason="")  # fmt: skip
+    if entropy_col not in g.columns:
+        out["reason"] = f"no column {entropy_col!r}"
+        return out
+    dims = pd.to_numeric(g["latent_dim"], errors="coerce").to_numpy(dtype=float)
+    h, y = _column(g, entropy_col), _column(g, metric)
+    ok = np.isfinite(dims) & np.isfinite(h) & np.isfinite(y)
+    dims, h, y = dims[ok].astype(int), h[ok], y[ok]
+    keep = np.zeros(len(dims), dtype=bool)
+    for d in np.unique(dims):
+        sel = dims == d
+        if sel.sum() >= 2 and np.ptp(h[sel]) > 0 and np.ptp(y[sel]) > 0:
+            keep |= sel
+    dims, h, y = dims[keep], h[keep], y[keep]
+    out["n"] = len(y)
+    out["groups"] = {int(d): int(np.sum(dims == d)) for d in np.unique(dims)}
+    if len(y) < MIN_CORRELATION_TRIALS:
+        out["reason"] = (
+            f"too few trials that share a latent_dim and differ in {entropy_col} "
+            f"({len(y)}; need {MIN_CORRELATION_TRIALS})"
+        )
+        return out
+    out["rho"], out["p"] = stratified_permutation_rho(h, y, dims, n_perm=n_perm, seed=seed)
+    out["range"] = (float(h.min()), float(h.max()))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
 
 
 def verdicts_table(items: list[StratumVerdict]) -> pd.DataFrame:
     """The verdicts as a flat table (one row per stratum and branch), e.g. for CSV export."""
     rows = []
     for v in items:
-        for b in (v.over, v.under, v.overall):
+        for t in (v.over, v.under):
+            lo, hi = t.effect_ci
             rows.append(
                 dict(
                     stratum=v.stratum,
                     dataset=v.dataset,
                     model=v.model,
-                    entropy=v.entropy_col,
+                    metric=v.metric,
+                    alpha=v.alpha,
+                    branch=t.branch,
+                    test=t.name,
+                    verdict=t.verdict,
+                    p_value=t.p_value,
+                    p_adjusted=t.p_adjusted,
                     best_latent_dim=v.best_latent_dim,
-                    best_ci_low=v.best_ci_low,
-                    best_ci_high=v.best_ci_high,
-                    best_agreement=v.best_agreement,
-                    branch=b.branch,
-                    n=b.n,
-                    n_latent_dims=b.n_latent_dims,
-                    rho=b.rho,
-                    ci_low=b.ci_low,
-                    ci_high=b.ci_high,
-                    p_value=b.p_value,
-                    verdict=b.verdict,
-                    reason=b.reason,
-                )
+                    reference_latent_dim=t.reference_dim,
+                    effect=t.effect,
+                    effect_ci_low=lo,
+                    effect_ci_high=hi,
+                    best_set=" ".join(str(d) for d in v.best_set),
+                    uncertainty=v.uncertainty.level,
+                    n_trials=v.n_trials,
+                    n_seeds=v.n_seeds,
+                    n_test_images=v.uncertainty.n_test_images,
+                    subset=v.subset,
+                    reason=t.reason,
+                )  # fmt: skip
             )
     return pd.DataFrame(rows)
