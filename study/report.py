@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
+VERDICTS_FILE = "verdicts.csv"
 FINISHED_STATUSES = ("completed", "errored", "early-stopped", "diverged")
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
@@ -303,6 +304,25 @@ def _stratum_series(df: pd.DataFrame) -> pd.Series:
     if "stratum" in df.columns and df["stratum"].notna().all():
         return df["stratum"].astype(str)
     return df["dataset"].astype(str) + "/" + df["model"].astype(str)
+
+
+def _planned_strata(run: RunData, trials: pd.DataFrame) -> list[str]:
+    """The strata of the study: every data set x model of its plan (space.yaml), then
+    any other stratum the trials table holds (e.g. of an edited space), whether or not
+    any of their trials completed."""
+    space = run.space or {}
+    datasets, models = space.get("datasets"), space.get("models")
+    keys: list[str] = []
+    if isinstance(datasets, list) and isinstance(models, list):
+        for ds in datasets:
+            for m in models:
+                if isinstance(ds, dict) and isinstance(m, dict):
+                    keys.append(
+                        f"{ds.get('label') or ds.get('name')}/{m.get('label') or m.get('name')}"
+                    )
+    if "_stratum" in trials.columns:
+        keys += [str(k) for k in trials["_stratum"].dropna()]
+    return list(dict.fromkeys(keys))
 
 
 def _hover_text(df: pd.DataFrame) -> pd.Series:
@@ -575,6 +595,7 @@ class _Ctx:
     summary: dict[str, pd.DataFrame] = field(default_factory=dict)
     hover: pd.Series = field(default_factory=lambda: pd.Series(dtype=str))
     cache: dict = field(default_factory=dict)
+    fixed: list[H.FixedDimTest] = field(default_factory=list)
 
 
 def _partial_reasons(run: RunData) -> list[str]:
@@ -590,142 +611,202 @@ def _partial_reasons(run: RunData) -> list[str]:
     return reasons
 
 
-def _verdict_badge(verdict: str, extra: str = "") -> str:
-    return f'<span class="badge {verdict} {extra}">{_esc(verdict)}</span>'
+def _verdict_badge(verdict: str) -> str:
+    css = verdict.replace(" ", "-")
+    return f'<span class="badge {css}">{_esc(verdict)}</span>'
 
 
-def _branch_row(b: H.BranchTest, label: str) -> str:
-    mixed = "mixed" if b.branch == "global" else ""
-    ci = "–" if not math.isfinite(b.ci_low) else f"{b.ci_low:+.2f} to {b.ci_high:+.2f}"
-    rho = "–" if not math.isfinite(b.rho) else f"{b.rho:+.2f}"
-    dims = ", ".join(str(d) for d in b.latent_dims) or "–"
+def _p_text(t: H.CapacityTest) -> str:
+    if not math.isfinite(t.p_value):
+        return "–"
+    text = f"p {H.format_p_clause(t.p_value)}"
+    if t.p_adjusted != t.p_value:
+        text += f" (Holm {H.format_p(t.p_adjusted)})"
+    return text
+
+
+def _effect_text(t: H.CapacityTest) -> str:
+    if not math.isfinite(t.effect):
+        return "–"
+    lo, hi = t.effect_ci
+    ci = f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else ""
+    return f"{t.effect:+.3f}{ci}"
+
+
+def _test_row(t: H.CapacityTest, v: H.StratumVerdict, label: str) -> str:
+    compared = f"{t.best_dim} vs {t.reference_dim}" if t.reference_dim is not None else "–"
     return (
-        f"<tr><td>{label}</td><td class='num'>{b.n}</td><td>{dims}</td><td class='num'>{rho}"
-        f"</td><td class='num'>{ci}</td><td class='num'>{H.format_p(b.p_value)}</td>"
-        f"<td>{_verdict_badge(b.verdict, mixed)}</td>"
-        f"<td class='reason'>{_esc(b.reason)}</td></tr>"
+        f"<tr><td>{label}</td><td>{_esc(t.name)}</td><td>{compared}</td>"
+        f"<td class='num'>{_p_text(t)}</td><td class='num'>{_effect_text(t)}</td>"
+        f"<td>{_verdict_badge(t.verdict)}</td><td class='reason'>{_esc(t.reason)}</td></tr>"
     )
+
+
+def _rho_row(c: H.Correlation, label: str) -> str:
+    rho = "–" if not math.isfinite(c.rho) else f"{c.rho:+.2f}"
+    ci = "–" if not math.isfinite(c.ci_low) else f"{c.ci_low:+.2f} to {c.ci_high:+.2f}"
+    dims = ", ".join(str(d) for d in c.latent_dims) or "–"
+    return (
+        f"<tr><td>{label}</td><td class='num'>{c.n}</td><td>{dims}</td>"
+        f"<td class='num'>{rho}</td><td class='num'>{ci}</td>"
+        f"<td class='reason'>{_esc(c.reason)}</td></tr>"
+    )
+
+
+def _prediction_rows(v: H.StratumVerdict) -> str:
+    rows = []
+    for p in v.predictions:
+        inside = {True: "yes", False: "no", None: "–"}[p.inside]
+        lost = f"{p.auc_lost:.3f}" if math.isfinite(p.auc_lost) else "–"
+        rows.append(
+            f"<tr><td>{_esc(p.method)}</td><td>{p.predicted or '–'}</td>"
+            f"<td>{v.best_latent_dim or '–'}</td><td>{inside}</td><td class='num'>{lost}</td>"
+            f"<td class='reason'>{_esc(p.reason)}</td></tr>"
+        )
+    return "".join(rows)
+
+
+def _uncertainty_text(v: H.StratumVerdict) -> str:
+    u = v.uncertainty
+    text = f"{v.n_trials} completed trials, {u.n_seeds} seed{'s' if u.n_seeds != 1 else ''}"
+    if u.n_test_images:
+        text += f", {u.n_test_images} test images"
+    return f"{text}; uncertainty from {u.level}: {u.note}" if u.note else text
+
+
+def _hypothesis_tests(
+    run: RunData, trials: pd.DataFrame, entropy_col: str, alpha: float, n_boot: int, n_sim: int
+) -> tuple[list[H.StratumVerdict], list[H.FixedDimTest]]:
+    """The verdicts (every stratum of the trials table, with the test-image level where
+    scores.parquet has the per-image scores) and the fixed-latent_dim tests."""
+    needed = {"latent_dim", "auc", "dataset", "model"}
+    if trials.empty or not needed <= set(trials.columns):
+        return [], []
+    lat = pd.to_numeric(trials["latent_dim"], errors="coerce")
+    trials = trials[lat > 0]
+    if trials.empty:
+        return [], []
+    verdict_list = H.verdicts(
+        trials, run.scores, alpha, entropy_col=entropy_col, n_sim=n_sim, n_boot=n_boot
+    )
+    fixed = H.fixed_latent_dim_tests(trials, alpha, entropy_col=entropy_col, n_perm=n_sim)
+    return verdict_list, fixed
 
 
 def _section_verdicts(ctx: _Ctx) -> None:
     if not ctx.verdicts:
-        why = ctx.run.notes.get("trials", "no completed trial with a latent_dim and an AUC")
+        why = ctx.run.notes.get("trials", "no trial with a latent_dim and an AUC")
         ctx.page.add("verdicts", "Verdicts", _na("Hypothesis tests", why))
         return
-    label = ENTROPY_LABELS.get(ctx.entropy_col, ctx.entropy_col)
+    alpha = ctx.verdicts[0].alpha
     parts = [
-        f"<p class='lead'>Hypothesis (Cai et al., MICCAI 2024): beyond the best latent "
-        f"dimension d*, <b>lower latent entropy gives better anomaly detection</b> (negative "
-        f"Spearman correlation of latent entropy and AUC over capacity, d ≥ d*); below d* the "
-        f"correlation should be positive. Entropy: <code>{_esc(ctx.entropy_col)}</code> "
-        f"({_esc(label)}). Intervals are 95 % bootstrap percentile intervals; p-values come "
-        f"from permutations; n counts completed trials.</p>"
+        "<p class='lead'>Hypothesis (Cai et al., MICCAI 2024): beyond the best latent "
+        "dimension d*, extra latent entropy lets the autoencoder reconstruct anomalies too, "
+        "so <b>AUC drops from d* to the largest latent_dim</b>; below d*, too little "
+        "entropy hurts too. <b>Test</b>: a studentised max-t of the mean AUC at d* against "
+        "the largest (over capacity) or the smallest (under capacity) latent_dim; its null "
+        "distribution is simulated under a flat curve with d* chosen again in every draw, "
+        "so choosing d* from the same trials costs nothing. "
+        f"<b>supported</b>: Holm-adjusted p ≤ α = {alpha:g} (across the "
+        f"{len(ctx.verdicts)} strata); <b>contradicted</b>: AUC keeps rising (the largest "
+        "latent_dim beats every other); <b>not shown</b>: neither; <b>not tested</b>: the "
+        "data cannot answer (the reason says why). The effect is the AUC difference with "
+        "its 95 % simultaneous interval. Measured calibration: docs/report.md.</p>",
+        _glance_table(ctx),
     ]
+    if len(ctx.verdicts) > 4:
+        parts.append("<p class='note'>Click a stratum below for its details.</p>")
     for v in ctx.verdicts:
         colour = ctx.colours.get(v.dataset, "#444")
-        preds = []
-        for p in v.predictions:
-            if p.predicted is None:
-                preds.append(
-                    f"<tr><td>{_esc(p.method)}</td><td>–</td><td>{v.best_latent_dim or '–'}"
-                    f"</td><td>–</td><td class='reason'>{_esc(p.reason)}</td></tr>"
-                )
-            else:
-                preds.append(
-                    f"<tr><td>{_esc(p.method)}</td><td>{p.predicted}</td>"
-                    f"<td>{v.best_latent_dim or '–'}</td><td>{H.format_ratio(p.ratio)}</td>"
-                    f"<td class='reason'>{_esc(p.reason)}</td></tr>"
-                )
-        headline = (
-            f"Over capacity: {v.over.verdict} (n = {v.over.n}); "
-            f"under capacity: {v.under.verdict} (n = {v.under.n})"
-        )
         opened = " open" if len(ctx.verdicts) <= 4 else ""
+        subset = f"<p class='note'>{_esc(v.subset)}.</p>" if v.subset else ""
         parts.append(
             f"""<details class="card" style="border-left-color:{colour}"{opened}>
 <summary><h3>{_esc(v.dataset)} <span class="muted">/ {_esc(v.model)}</span>
 {_verdict_badge(v.verdict)}</h3></summary>
-<p class="headline">{_esc(headline)}.</p>
-<p class="best">{_esc(v.best_text())}.</p>
-<p class="summary">{_esc(v.summary())}</p>
+<p class="headline">{_esc(v.headline())}.</p>
+<p class="best">{_esc(v.best_text())}.</p>{subset}
+<p class="small">{_esc(_uncertainty_text(v))}.</p>
 <div class="tablewrap"><table class="data verdict">
-<thead><tr><th>branch</th><th>n</th><th>latent dims</th><th>Spearman ρ</th><th>95 % CI</th>
-<th>p</th><th>verdict</th><th>why</th></tr></thead><tbody>
-{_branch_row(v.over, "over capacity (d ≥ d*): paper predicts ρ < 0")}
-{_branch_row(v.under, "under capacity (d ≤ d*): paper predicts ρ > 0")}
-{_branch_row(v.overall, "all trials (mixes both branches)")}
+<thead><tr><th>branch</th><th>test</th><th>d* vs d</th><th>p (α = {v.alpha:g})</th>
+<th>AUC effect [95 % CI]</th><th>verdict</th><th>why</th></tr></thead><tbody>
+{_test_row(v.over, v, "over capacity")}
+{_test_row(v.under, v, "under capacity")}
+</tbody></table></div>
+<p class="note">Descriptions (no verdict: entropy rises with latent_dim, so these
+correlations cannot separate the two): Spearman ρ of <code>{_esc(v.entropy_col)}</code>
+and AUC with 95 % bootstrap intervals.</p>
+<div class="tablewrap"><table class="data rho">
+<thead><tr><th>trials</th><th>n</th><th>latent dims</th><th>Spearman ρ</th><th>95 % CI</th>
+<th>note</th></tr></thead><tbody>
+{_rho_row(v.over_rho, "over capacity (d ≥ d*)")}
+{_rho_row(v.under_rho, "under capacity (d ≤ d*)")}
+{_rho_row(v.overall_rho, "all trials (mixes both branches)")}
 </tbody></table></div>
 <div class="tablewrap"><table class="data pred">
 <thead><tr><th>label-free prediction of d*</th><th>predicted d</th><th>observed d*</th>
-<th>ratio</th><th>from</th></tr></thead><tbody>{"".join(preds)}</tbody></table></div>
+<th>within reach of d*</th><th>AUC lost</th><th>from</th></tr></thead>
+<tbody>{_prediction_rows(v)}</tbody></table></div>
 </details>"""
         )
-    parts.insert(1, _glance_table(ctx))
-    if len(ctx.verdicts) > 4:
-        parts.insert(2, "<p class='note'>Click a stratum below for its details.</p>")
     parts.append(_robustness_table(ctx))
     ctx.page.add("verdicts", "Verdicts", "\n".join(parts))
 
 
-def _ci_text(b: H.BranchTest) -> str:
-    if not math.isfinite(b.rho):
-        return f"n = {b.n}"
-    ci = f"[{b.ci_low:+.2f}, {b.ci_high:+.2f}]"
-    return f"ρ = {b.rho:+.2f} {ci}, p {H.format_p_clause(b.p_value)}, n = {b.n}"
-
-
 def _glance_table(ctx: _Ctx) -> str:
-    """One line per stratum: d* with its interval, both branch verdicts, predictions."""
+    """One line per stratum: d*, the set within reach of it, both tests, predictions."""
     rows = []
     for v in ctx.verdicts:
         if v.best_latent_dim is None:
             best = "–"
-        elif v.best_ci_low is not None:
-            best = f"<b>{v.best_latent_dim}</b> [{v.best_ci_low}–{v.best_ci_high}]"
+        elif v.best_set:
+            best = f"<b>{v.best_latent_dim}</b> {{{', '.join(str(d) for d in v.best_set)}}}"
         else:
-            best = f"<b>{v.best_latent_dim}</b> <span class='muted'>(one seed: no interval)</span>"
+            best = f"<b>{v.best_latent_dim}</b>"
         preds = " · ".join(
             f"{'intrinsic dim.' if 'intrinsic' in p.method else 'elbow'} "
             + (f"{p.predicted} ({H.format_ratio(p.ratio)})" if p.predicted else "–")
             for p in v.predictions
         )
+        cells = "".join(
+            f"<td>{_verdict_badge(t.verdict)} <span class='small'>{_p_text(t)}; "
+            f"{_effect_text(t)}</span></td>"
+            for t in (v.over, v.under)
+        )
         rows.append(
-            f"<tr><td>{_esc(v.dataset)}</td><td>{_esc(v.model)}</td><td>{best}</td>"
-            f"<td>{_verdict_badge(v.over.verdict)} <span class='small'>{_ci_text(v.over)}"
-            f"</span></td><td>{_verdict_badge(v.under.verdict)} <span class='small'>"
-            f"{_ci_text(v.under)}</span></td><td class='small'>{preds}</td></tr>"
+            f"<tr><td>{_esc(v.dataset)}</td><td>{_esc(v.model)}</td><td>{best}</td>{cells}"
+            f"<td class='small'>{_esc(v.uncertainty.level)}</td><td class='small'>{preds}</td>"
+            "</tr>"
         )
     return (
         "<div class='tablewrap'><table class='data glance'><thead><tr><th>data set</th>"
-        "<th>model</th><th>best d* [95 % interval]</th><th>over capacity (paper: ρ &lt; 0)"
-        "</th><th>under capacity (paper: ρ &gt; 0)</th><th>label-free d (ratio to d*)</th>"
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        "<th>model</th><th>best d* {within reach}</th><th>over capacity: AUC(d*) − AUC(max d)"
+        "</th><th>under capacity: AUC(d*) − AUC(min d)</th><th>uncertainty</th>"
+        f"<th>label-free d (ratio to d*)</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table></div>"
     )
 
 
 def _robustness_table(ctx: _Ctx) -> str:
-    """The over-capacity correlation for every entropy estimator (quick resampling)."""
+    """The over-capacity Spearman rho for every entropy estimator (descriptive)."""
     cols = [c for c in ENTROPY_LABELS if _has_values(ctx.done, c)]
     if len(cols) < 2:
         return ""
     rows = []
     for v in ctx.verdicts[:MAX_PANELS]:
         g = ctx.done[ctx.done["_stratum"] == v.stratum]
-        if v.best_latent_dim is None:
+        if v.best_latent_dim is None or g.empty:
             continue
         over = g[g["latent_dim"] >= v.best_latent_dim]
+        dims = over["latent_dim"].to_numpy(dtype=int)
+        y = pd.to_numeric(over["auc"], errors="coerce").to_numpy(dtype=float)
         cells = [f"<td>{_esc(v.stratum)}</td>"]
         for c in cols:
-            b = H.branch_test(
-                over,
-                branch="over-capacity",
-                expected_sign=-1,
-                entropy_col=c,
-                n_boot=300,
-                n_perm=300,
-            )
-            rho = "–" if not math.isfinite(b.rho) else f"{b.rho:+.2f}"
-            cells.append(f"<td>{rho} {_verdict_badge(b.verdict)}</td>")
+            h = pd.to_numeric(over[c], errors="coerce").to_numpy(dtype=float)
+            r = H.correlation(dims, h, y, branch="over-capacity", n_boot=300, seed=0)
+            rho = "–" if not math.isfinite(r.rho) else f"{r.rho:+.2f}"
+            ci = "" if not math.isfinite(r.ci_low) else f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+            cells.append(f"<td>{rho}<span class='small'>{ci}</span></td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     if not rows:
         return ""
@@ -733,11 +814,84 @@ def _robustness_table(ctx: _Ctx) -> str:
     more = f"; the first {MAX_PANELS} of {n} strata" if n > MAX_PANELS else ""
     head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
     return (
-        "<h3>Does the verdict depend on the estimator?</h3>"
-        "<p class='note'>Over-capacity Spearman ρ for each latent statistic (300 bootstrap "
-        f"and 300 permutation resamples each){more}.</p>"
+        "<h3>Does the description depend on the estimator?</h3>"
+        "<p class='note'>Over-capacity Spearman ρ (95 % bootstrap interval, 300 resamples) "
+        f"for each latent statistic{more}.</p>"
         f"<div class='tablewrap'><table class='data'><thead><tr><th>stratum</th>{head}</tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _section_fixed_dim(ctx: _Ctx) -> None:
+    """Entropy at fixed latent dimension: the paper's claim about entropy itself."""
+    tests = ctx.fixed
+    title = "Entropy at fixed latent dimension"
+    if not tests:
+        ctx.page.add("fixed", title, _na(title, "no completed trials"))
+        return
+    alpha = tests[0].p_adjusted
+    rows = []
+    for t in tests:
+        groups = ", ".join(f"d={d}: {n}" for d, n in t.groups.items()) or "–"
+        rho = f"{t.rho:+.2f}" if math.isfinite(t.rho) else "–"
+        p = "–" if not math.isfinite(t.p_value) else f"p {H.format_p_clause(t.p_value)}"
+        if math.isfinite(t.p_adjusted) and t.p_adjusted != t.p_value:
+            p += f" (Holm {H.format_p(t.p_adjusted)})"
+        lo, hi = t.entropy_range
+        span = f"{lo:.2f} to {hi:.2f}" if math.isfinite(lo) else "–"
+        rows.append(
+            f"<tr><td>{_esc(t.dataset)}</td><td class='num'>{t.n}</td><td>{groups}</td>"
+            f"<td class='num'>{span}</td><td class='num'>{rho}</td><td class='num'>{p}</td>"
+            f"<td>{_verdict_badge(t.verdict)}</td><td class='reason'>{_esc(t.reason)}</td></tr>"
+        )
+    del alpha
+    body = (
+        "<p class='lead'>The paper's claim is about <b>entropy</b>, and every estimator "
+        "rises with latent_dim, so the verdicts above cannot tell entropy from latent_dim. "
+        "Here only trials that <b>share a latent_dim</b> are compared (per data set), where "
+        "entropy differs through what else sets it: a VAE's kl_weight, a constrained AE's "
+        "constraint_weight, MemAE's memory, weight decay or the seed. Test: the pooled "
+        "within-latent_dim Spearman ρ of "
+        f"<code>{_esc(ctx.entropy_col)}</code> and AUC, with a permutation null that "
+        "permutes AUC within each latent_dim (two-sided, Holm across data sets). "
+        "<b>supported</b>: lower entropy goes with higher AUC at p ≤ α; "
+        "<b>contradicted</b>: higher entropy goes with higher AUC at p ≤ α.</p>"
+        "<div class='tablewrap'><table class='data'><thead><tr><th>data set</th><th>n</th>"
+        "<th>trials per latent_dim</th><th>entropy range</th><th>within-d ρ</th><th>p</th>"
+        f"<th>verdict</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        "</div>"
+    )
+    ctx.page.add("fixed", title, body)
+
+
+def _test_metric_note(run: RunData) -> str:
+    """A banner when the search or early stopping optimised a test-set metric."""
+    space = run.space or {}
+    search = (space.get("search") or {}).get("type", "grid")
+    sched = space.get("scheduler") or {}
+    metric = str(sched.get("metric", "auc"))
+    selecting = search == "optuna" or sched.get("type", "none") != "none"
+    if not selecting or not _is_test_metric(metric):
+        return ""
+    what = " and ".join(
+        w
+        for w, on in (
+            ("the search", search == "optuna"),
+            ("early stopping", sched.get("type", "none") != "none"),
+        )
+        if on
+    )
+    return (
+        f"<div class='banner'>⚠ Selected on test data: {what} optimised <code>"
+        f"{_esc(metric)}</code>, which is measured on the test set; the best values "
+        "are optimistic. Optimise a validation metric (<code>val_auc</code>) instead.</div>"
+    )
+
+
+def _is_test_metric(metric: str) -> bool:
+    return not (
+        metric.startswith("val_")
+        or metric in ("train_loss", "recon_error_train_normal", "recon_error_val_normal")
     )
 
 
@@ -1234,24 +1388,96 @@ def _section_methods(ctx: _Ctx, paper2: pd.DataFrame | None) -> None:
     ctx.page.add("methods", title, body)
 
 
-def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
+def _objective(run: RunData) -> tuple[str, str]:
+    """The search objective (metric name, label) of a run: scheduler.metric of its space."""
+    sched = (run.space or {}).get("scheduler")
+    metric = sched.get("metric") if isinstance(sched, dict) else None
+    metric = metric if isinstance(metric, str) and metric else "auc"
+    return metric, METRIC_LABELS.get(metric, metric)
+
+
+def _load_studies(ctx: _Ctx) -> tuple[list[tuple[str, Any]], list[str]]:
+    """(name, optuna.Study) of every study in optuna.db (the first MAX_PANELS by name),
+    and notes on what could not be read. Cached in ``ctx``."""
+    if "optuna_studies" in ctx.cache:
+        return ctx.cache["optuna_studies"]
     notes: list[str] = []
+    studies: list[tuple[str, Any]] = []
     try:
         import optuna
-        from optuna.importance import FanovaImportanceEvaluator
     except ImportError:
-        return "", ["optuna is not installed"]
+        ctx.cache["optuna_studies"] = ([], ["optuna is not installed"])
+        return ctx.cache["optuna_studies"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{ctx.run.optuna_db.resolve()}"
     try:
         names = sorted(optuna.get_all_study_names(storage=url))
     except Exception as exc:  # noqa: BLE001 - a broken database is reported, not raised
-        return "", [f"optuna.db could not be read ({type(exc).__name__}: {exc})"]
+        names = []
+        notes.append(f"optuna.db could not be read ({type(exc).__name__}: {exc})")
     if len(names) > MAX_PANELS:
         notes.append(f"first {MAX_PANELS} of {len(names)} Optuna studies shown")
-    names = names[:MAX_PANELS]
-    if not names:
-        return "", ["optuna.db holds no study"]
+    for name in names[:MAX_PANELS]:
+        try:
+            studies.append((name, optuna.load_study(study_name=name, storage=url)))
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"study {name!r} could not be loaded ({exc})")
+    ctx.cache["optuna_studies"] = (studies, notes)
+    return studies, notes
+
+
+def _trial_points(study: Any) -> list[dict[str, Any]]:
+    """Every trial of an Optuna study as a plot point: ``kind`` completed | stopped
+    (PRUNED: its value is its last intermediate value, at ``epoch``) | failed (no value:
+    FAIL, or PRUNED without intermediate values) | running."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    points = []
+    for t in study.get_trials(deepcopy=False):
+        value, epoch = t.value, None
+        if t.state == state.PRUNED and t.intermediate_values:
+            epoch, value = max(t.intermediate_values.items())
+        if t.state == state.COMPLETE and value is not None:
+            kind = "completed"
+        elif t.state == state.PRUNED and value is not None:
+            kind = "stopped"
+        elif t.state in (state.RUNNING, state.WAITING):
+            kind = "running"
+        else:
+            kind, value = "failed", None
+        if value is not None and not math.isfinite(float(value)):
+            kind, value = "failed", None
+        points.append(
+            dict(number=t.number, kind=kind, value=value, epoch=epoch, params=dict(t.params))
+        )
+    return points
+
+
+_POINT_STYLE = {
+    "completed": ("completed", dict(color="#0072B2", size=7, symbol="circle")),
+    "stopped": (
+        "early-stopped (value at its last evaluation)",
+        dict(color="#E69F00", size=7, symbol="circle-open", line=dict(width=2)),
+    ),
+    "failed": (
+        "failed or stopped without a value (drawn at the bottom)",
+        dict(color="#999999", size=8, symbol="x-thin-open", line=dict(width=2)),
+    ),
+}
+
+
+def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
+    try:
+        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    except ImportError:
+        return "", ["optuna is not installed"]
+    studies, notes = _load_studies(ctx)
+    notes = list(notes)
+    if not studies:
+        return "", notes or ["optuna.db holds no study"]
+    _, label = _objective(ctx.run)
+    names = [n for n, _ in studies]
     titles = [
         t for n in names for t in (f"{n}: optimisation history", f"{n}: parameter importance")
     ]
@@ -1263,61 +1489,78 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
         hspace=0.16,
         vspace=_vspace(300 * len(names) + 130, len(names)),
     )
-    for i, name in enumerate(names, start=1):
-        try:
-            study = optuna.load_study(study_name=name, storage=url)
-            trials = [
-                t
-                for t in study.get_trials(deepcopy=False)
-                if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
-            ]
-        except Exception as exc:  # noqa: BLE001
-            notes.append(f"study {name!r} could not be loaded ({exc})")
+    shown_legend: set[str] = set()
+    for i, (name, study) in enumerate(studies, start=1):
+        points = _trial_points(study)
+        if not points:
+            notes.append(f"study {name!r} has no trial")
             continue
-        if not trials:
-            notes.append(f"study {name!r} has no completed trial")
-            continue
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        x = [t.number for t in trials]
-        y = [float(t.value) for t in trials]
-        run_best = np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y)
-        txt = ["<br>".join(f"{k}: {_fmt(v, 4)}" for k, v in t.params.items()) for t in trials]
-        fig.add(
-            dict(
-                type="scatter",
-                x=x,
-                y=_arr(y),
-                mode="markers",
-                name="trial value",
-                marker=dict(color="#0072B2", size=6),
-                showlegend=i == 1,
-                legendgroup="value",
-                text=txt,
-                hovertemplate="trial %{x}: %{y:.4f}<br>%{text}<extra></extra>",
-            ),
-            i,
-            1,
-        )
-        fig.add(
-            dict(
-                type="scatter",
-                x=x,
-                y=_arr(run_best),
-                mode="lines",
-                name="best so far",
-                line=dict(color="#D55E00", width=2, shape="hv"),
-                showlegend=i == 1,
-                legendgroup="best",
-            ),
-            i,
-            1,
+        maximize = study.direction.name == "MAXIMIZE"
+        values = [p["value"] for p in points if p["value"] is not None]
+        floor = min(values) if values else 0.0
+        for kind, (legend, marker) in _POINT_STYLE.items():
+            group = [p for p in points if p["kind"] == kind]
+            if not group:
+                continue
+            txt = []
+            for p in group:
+                lines = [f"{k}: {_fmt(v, 4)}" for k, v in p["params"].items()]
+                if kind == "stopped":
+                    lines.insert(0, f"early-stopped at epoch {p['epoch']}")
+                elif kind == "failed":
+                    lines.insert(0, "failed (no value)")
+                txt.append("<br>".join(lines))
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=[p["number"] for p in group],
+                    y=_arr([floor if p["value"] is None else p["value"] for p in group]),
+                    mode="markers",
+                    name=legend,
+                    marker=marker,
+                    showlegend=kind not in shown_legend,
+                    legendgroup=kind,
+                    text=txt,
+                    hovertemplate="trial %{x}: %{y:.4f}<br>%{text}<extra></extra>"
+                    if kind != "failed"
+                    else "trial %{x}<br>%{text}<extra></extra>",
+                ),
+                i,
+                1,
+            )
+            shown_legend.add(kind)
+        done = [p for p in points if p["kind"] == "completed"]
+        if done:
+            y = [float(p["value"]) for p in done]
+            run_best = np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y)
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=[p["number"] for p in done],
+                    y=_arr(run_best),
+                    mode="lines",
+                    name="best completed so far",
+                    line=dict(color="#D55E00", width=2, shape="hv"),
+                    showlegend="best" not in shown_legend,
+                    legendgroup="best",
+                ),
+                i,
+                1,
+            )
+            shown_legend.add("best")
+        counts = {k: sum(p["kind"] == k for p in points) for k in ("completed", "stopped")}
+        failed = sum(p["kind"] == "failed" for p in points)
+        notes.append(
+            f"{name}: {len(points)} trials: {counts['completed']} completed, "
+            f"{counts['stopped']} early-stopped"
+            + (f", {failed} failed or without a value" if failed else "")
         )
         fig.x(i, 1)["title"] = _title("trial number")
-        fig.y(i, 1)["title"] = _title("objective (AUC)")
+        fig.y(i, 1)["title"] = _title(f"objective ({label})")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(
+                imp = get_param_importances(
                     study, evaluator=FanovaImportanceEvaluator(seed=0, n_trees=32)
                 )
         except Exception as exc:  # noqa: BLE001 - too few trials or one parameter
@@ -1348,10 +1591,154 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
     )
     html_ = ctx.page.figure(
         spec,
-        "From optuna.db: objective per trial and the best so far; "
-        "fANOVA importance of each searched parameter.",
+        "From optuna.db: every trial of each study. Completed trials at their final value; "
+        "early-stopped (pruned) ones at the value of the evaluation they were stopped on, "
+        "which is earlier in training and not comparable with a final value; the best "
+        "completed value so far; fANOVA importance of each searched parameter.",
     )
     return html_, notes
+
+
+LATENT_PARAM = "model.latent_dim"  # the Optuna parameter name of latent_dim
+MIN_PD_TRIALS = 5  # completed trials a partial-dependence estimate needs (and 3 latent_dims)
+
+
+def _partial_dependence(points: list[dict], grid: Sequence[float]) -> list[float] | None:
+    """Partial dependence of the objective on latent_dim: a random forest fitted to the
+    searched parameters of ``points`` (completed trials), predicted with latent_dim set
+    to each ``grid`` value and every other parameter at its observed values, averaged.
+    None when there are too few trials."""
+    names = sorted({k for p in points for k in p["params"]})
+    rows = [p for p in points if all(k in p["params"] for k in names)]
+    dims = {float(p["params"][LATENT_PARAM]) for p in rows}
+    if len(rows) < MIN_PD_TRIALS or len(dims) < 3:
+        return None
+    from sklearn.ensemble import RandomForestRegressor
+
+    columns = []
+    for name in names:
+        raw = [p["params"][name] for p in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            columns.append([float(v) for v in raw])
+        else:  # a categorical choice: its index among the values seen
+            levels = {v: i for i, v in enumerate(dict.fromkeys(map(str, raw)))}
+            columns.append([float(levels[str(v)]) for v in raw])
+    x = np.asarray(columns, dtype=float).T
+    y = np.asarray([float(p["value"]) for p in rows])
+    model = RandomForestRegressor(n_estimators=200, random_state=0).fit(x, y)
+    j = names.index(LATENT_PARAM)
+    out = []
+    for g in grid:
+        xg = x.copy()
+        xg[:, j] = g
+        out.append(float(model.predict(xg).mean()))
+    return out
+
+
+def _latent_dependence(ctx: _Ctx) -> str:
+    """Searched studies: the objective against latent_dim per stratum, every trial (as
+    Optuna's slice plot), with a partial-dependence estimate from the completed trials."""
+    if ctx.run.optuna_db is None:
+        return ""
+    studies, _ = _load_studies(ctx)
+    panels = []
+    for name, study in studies:
+        points = [
+            p
+            for p in _trial_points(study)
+            if p["kind"] in ("completed", "stopped") and LATENT_PARAM in p["params"]
+        ]
+        if points:
+            panels.append((str(study.user_attrs.get("stratum") or name), points))
+    title = "<h3 id='latent-dependence'>Partial dependence of the objective on latent_dim</h3>"
+    if not panels:
+        return title + _na("A slice over latent_dim", "latent_dim is not searched by Optuna")
+    _, label = _objective(ctx.run)
+    nr, nc = _grid(len(panels))
+    height = max(400, 330 * nr + 130)
+    fig = _Fig(nr, nc, titles=[k for k, _ in panels], hspace=0.07, vspace=_vspace(height, nr))
+    notes, shown_legend = [], set()
+    for i, (key, points) in enumerate(panels):
+        r, c = divmod(i, nc)
+        for kind in ("completed", "stopped"):
+            group = [p for p in points if p["kind"] == kind]
+            if not group:
+                continue
+            legend, marker = _POINT_STYLE[kind]
+            txt = []
+            for p in group:
+                lines = [f"trial {p['number']}"]
+                if kind == "stopped":
+                    lines.append(f"early-stopped at epoch {p['epoch']}")
+                lines += [f"{k}: {_fmt(v, 4)}" for k, v in p["params"].items()]
+                txt.append("<br>".join(lines))
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=[p["params"][LATENT_PARAM] for p in group],
+                    y=_arr([p["value"] for p in group]),
+                    mode="markers",
+                    name=legend,
+                    marker=marker,
+                    legendgroup=kind,
+                    showlegend=kind not in shown_legend,
+                    text=txt,
+                    hovertemplate="latent_dim %{x}: %{y:.4f}<br>%{text}<extra></extra>",
+                ),
+                r + 1,
+                c + 1,
+            )
+            shown_legend.add(kind)
+        dims = sorted(float(p["params"][LATENT_PARAM]) for p in points)
+        lo, hi = dims[0], dims[-1]
+        done = [p for p in points if p["kind"] == "completed"]
+        grid = sorted({lo, hi, *np.geomspace(max(lo, 1e-9), max(hi, 1e-9), 40).tolist()})
+        curve = _partial_dependence(done, grid) if hi > lo else None
+        if curve is not None:
+            fig.add(
+                dict(
+                    type="scatter",
+                    x=_arr(grid, 3),
+                    y=_arr(curve),
+                    mode="lines",
+                    name="partial dependence (completed trials)",
+                    line=dict(color="#D55E00", width=2.5),
+                    legendgroup="pd",
+                    showlegend="pd" not in shown_legend,
+                    hovertemplate="latent_dim %{x:.0f}: %{y:.4f}<extra>partial dependence</extra>",
+                ),
+                r + 1,
+                c + 1,
+            )
+            shown_legend.add("pd")
+        else:
+            notes.append(
+                f"{key}: {len(done)} completed trial(s) over "
+                f"{len({p['params'][LATENT_PARAM] for p in done})} latent_dim value(s): no "
+                f"partial-dependence estimate (it needs {MIN_PD_TRIALS} completed trials over "
+                "3 or more values)"
+            )
+        k0, k1 = math.floor(math.log2(max(lo, 1))), math.ceil(math.log2(max(hi, 1)))
+        fig.x(r + 1, c + 1).update(_log2_axis([2**k for k in range(k0, k1 + 1)], "latent_dim"))
+        if c == 0:
+            fig.y(r + 1, 1)["title"] = _title(label)
+    fig.hide_unused(len(panels))
+    spec = fig.to_dict(
+        height=height,
+        legend=LEGEND_BELOW,
+        margin=MARGIN_LEGEND_BELOW,
+        title=dict(text=f"{label} against latent_dim in the search, per stratum", x=0.01),
+    )
+    caption = (
+        "Every trial of each Optuna study against its latent_dim, as in Optuna's slice "
+        "plot: completed trials at their final value, early-stopped ones at the value "
+        "they were stopped on (earlier in training). The line is a partial dependence: "
+        "a random forest fitted to the completed trials' searched parameters, predicted "
+        "for each latent_dim with the other parameters at their observed values and "
+        "averaged. Where lr or widths vary together with latent_dim this describes the "
+        "search; it does not isolate latent_dim as a grid over it does."
+    )
+    return title + ctx.page.figure(spec, caption) + "".join(_note(_esc(n)) for n in notes)
 
 
 def _learning_curves(ctx: _Ctx) -> str:
@@ -1391,6 +1778,9 @@ def _learning_curves(ctx: _Ctx) -> str:
     span = hi - lo if hi > lo else 1.0
     colours = {d: sample_colorscale("Viridis", [(math.log2(d) - lo) / span])[0] for d in dims}
     shown_legend: set[int] = set()
+    # the x axis spans the planned epochs: trials stopped early end visibly short of it
+    planned = _finite(t["epochs"]).max() if "epochs" in t.columns else math.nan
+    max_epoch = float(np.nanmax([h["epoch"].max(), planned]))
     for i, stratum in enumerate(strata):
         r, c = divmod(i, nc)
         g = h[h["_stratum"] == stratum]
@@ -1398,13 +1788,40 @@ def _learning_curves(ctx: _Ctx) -> str:
             xs: list = []
             ys: list = []
             texts: list = []
+            dots: tuple[list, list, list] = ([], [], [])  # trials with one evaluation
             for tid, gt in gd.groupby("trial_id", sort=False):
                 seed = gt["seed"].iloc[0] if "seed" in gt.columns else ""
                 status = gt["status"].iloc[0] if "status" in gt.columns else ""
                 label = f"trial {tid}<br>d = {int(d)}, seed {seed}<br>{status}"
+                if len(gt) == 1:  # a line needs two points: a marker instead
+                    dots[0].append(gt["epoch"].iloc[0])
+                    dots[1].extend(_arr(gt["auc"], 4))
+                    dots[2].append(label)
+                    continue
                 xs += [*gt["epoch"].tolist(), None]
                 ys += [*_arr(gt["auc"], 4), None]
                 texts += [label] * len(gt) + [None]
+            if dots[0]:
+                fig.add(
+                    dict(
+                        type="scatter",
+                        x=dots[0],
+                        y=dots[1],
+                        text=dots[2],
+                        mode="markers",
+                        name=f"d = {int(d)}",
+                        legendgroup=f"d{int(d)}",
+                        showlegend=not xs and int(d) not in shown_legend,
+                        marker=dict(color=colours[int(d)], size=6, line=dict(width=0)),
+                        opacity=0.8,
+                        hovertemplate="%{text}<br>epoch %{x}: AUC %{y:.3f}<extra></extra>",
+                    ),
+                    r + 1,
+                    c + 1,
+                )
+            if not xs:
+                shown_legend.add(int(d))
+                continue
             fig.add(
                 dict(
                     type="scatter",
@@ -1424,6 +1841,7 @@ def _learning_curves(ctx: _Ctx) -> str:
             )
             shown_legend.add(int(d))
         fig.x(r + 1, c + 1)["title"] = _title("epoch")
+        fig.x(r + 1, c + 1)["range"] = [0, max_epoch * 1.04]
         if c == 0:
             fig.y(r + 1, 1)["title"] = _title("AUC")
     fig.hide_unused(len(strata))
@@ -1434,6 +1852,7 @@ def _learning_curves(ctx: _Ctx) -> str:
     )
     cap = f"{len(shown)} of {len(ids)} trials shown"
     cap += " (a fixed random subset)." if len(shown) < len(ids) else "."
+    cap += " A trial with a single evaluation (e.g. stopped at the first rung) is a dot."
     return ctx.page.figure(spec, cap)
 
 
@@ -1444,6 +1863,7 @@ def _section_search(ctx: _Ctx) -> None:
         fig_html, notes = _optuna_figure(ctx)
         parts.append(fig_html)
         parts += [_note(_esc(n)) for n in notes]
+        parts.append(_latent_dependence(ctx))
     else:
         parts.append(
             _na(
@@ -1806,8 +2226,8 @@ table.glance td { min-width:90px; }
 .badge { display:inline-block; padding:2px 10px; border-radius:999px; font-size:12.5px;
   font-weight:650; text-transform:uppercase; letter-spacing:.04em; color:white; }
 .badge.supported { background:#1a7f37; } .badge.contradicted { background:#c62828; }
-.badge.inconclusive { background:#8a8f98; }
-.badge.mixed { background:white; color:var(--muted); border:1px solid #c5cad3; }
+.badge.not-shown { background:#8a8f98; }
+.badge.not-tested { background:white; color:var(--muted); border:1px solid #c5cad3; }
 .tablewrap { overflow-x:auto; margin:8px 0 4px; }
 table.data, table.kv { border-collapse:collapse; font-size:13.5px; min-width:40%; }
 table.data th, table.data td, table.kv th, table.kv td { border-bottom:1px solid var(--line);
@@ -1828,17 +2248,26 @@ footer { text-align:center; color:var(--muted); font-size:12.5px; padding:10px 0
 """
 
 
-def render_report(
+def render_report(run: RunData, **options: Any) -> tuple[str, int]:
+    """The report's HTML and its number of figures (options as :func:`_render`)."""
+    doc, n_figures, _ = _render(run, **options)
+    return doc, n_figures
+
+
+def _render(
     run: RunData,
     *,
     entropy_col: str = "latent_entropy_gaussian",
     max_curves: int = 240,
     n_boot: int = 2000,
-    n_perm: int = 2000,
+    n_sim: int = 10000,
+    alpha: float = 0.05,
     validate: bool = False,
-) -> tuple[str, int]:
-    """The report's HTML and its number of figures. ``validate=True`` checks every figure
-    against Plotly's schema (slower; for tests)."""
+) -> tuple[str, int, list[H.StratumVerdict]]:
+    """The report's HTML, its number of figures and the verdicts. ``alpha`` is the level of the
+    verdicts; ``n_sim`` the null draws of the max-t tests (and permutations of the
+    fixed-latent_dim test); ``validate=True`` checks every figure against Plotly's schema
+    (slower; for tests)."""
     page = _Page(validate=validate)
     trials = run.trials if run.trials is not None else pd.DataFrame()
     all_trials = trials.copy()
@@ -1857,7 +2286,7 @@ def render_report(
         done["latent_dim"] = d[d > 0].round().astype(int)
     else:
         done = done.iloc[:0]
-    verdict_list = H.verdicts(done, entropy_col, n_boot=n_boot, n_perm=n_perm) if len(done) else []
+    verdict_list, fixed = _hypothesis_tests(run, all_trials, entropy_col, alpha, n_boot, n_sim)
     datasets = list(dict.fromkeys(done["dataset"].astype(str))) if len(done) else []
     models = list(dict.fromkeys(done["model"].astype(str))) if len(done) else []
     colours = {ds: DATASET_COLOURS[i % len(DATASET_COLOURS)] for i, ds in enumerate(datasets)}
@@ -1874,6 +2303,7 @@ def render_report(
         entropy_col=entropy_col,
         max_curves=max_curves,
         page=page,
+        fixed=fixed,
     )
     try:
         t1, t2 = _paper_tables()
@@ -1883,6 +2313,7 @@ def render_report(
         t1 = t2 = None
     for anchor, title, build in (
         ("verdicts", "Verdicts", _section_verdicts),
+        ("fixed", "Entropy at fixed latent dimension", _section_fixed_dim),
         ("detection", "1. Detection vs latent dimension", lambda c: _section_detection(c, t1)),
         ("entropy", "2. Latent entropy vs AUC", _section_entropy),
         ("recon", "3. Reconstruction error vs latent dimension", _section_recon),
@@ -1910,7 +2341,7 @@ def render_report(
         "as trials finish.</div>"
         if partial
         else ""
-    )
+    ) + _test_metric_note(run)
     desc = (run.space or {}).get("description") or ""
     status = meta.get("status", "unknown")
     when = " · ".join(
@@ -1920,6 +2351,7 @@ def render_report(
     )
     n_done = len(done)
     n_all = len(all_trials)
+    n_strata = len(_planned_strata(run, all_trials))
     toc = "".join(f"<a href='#{a}'>{_esc(t)}</a>" for a, t, _ in page.sections)
     sections = "\n".join(
         f"<section id='{a}'><h2>{_esc(t)}</h2>\n{body}\n</section>" for a, t, body in page.sections
@@ -1934,8 +2366,8 @@ def render_report(
 </head><body>
 <header class="top"><h1>Latent entropy and anomaly detection: {_esc(run.name)}</h1>
 <p>{_esc(desc)}</p>
-<p>status: <b>{_esc(status)}</b> · {n_done} completed of {n_all} trials · {len(ctx.verdicts)}
-strata{(" · " + when) if when else ""}</p></header>
+<p>status: <b>{_esc(status)}</b> · {n_done} completed of {n_all} trials · {n_strata}
+strat{"um" if n_strata == 1 else "a"}{(" · " + when) if when else ""}</p></header>
 <nav class="toc">{toc}</nav>
 <main>{banner}
 {sections}
@@ -1944,7 +2376,7 @@ strata{(" · " + when) if when else ""}</p></header>
 {time.strftime("%Y-%m-%d %H:%M:%S")}</footer>
 </body></html>
 """
-    return doc, page.n_figures
+    return doc, page.n_figures, verdict_list
 
 
 def write_report(
@@ -1953,26 +2385,34 @@ def write_report(
     entropy_col: str = "latent_entropy_gaussian",
     max_curves: int = 240,
     n_boot: int = 2000,
-    n_perm: int = 2000,
+    n_sim: int = 10000,
+    alpha: float = 0.05,
 ) -> Path:
-    """Write ``run_dir/report.html`` (atomically) from the run's tables; returns its path.
+    """Write ``run_dir/report.html`` and ``run_dir/verdicts.csv`` (atomically) from the
+    run's tables; returns the report's path.
 
-    ``entropy_col`` picks the latent statistic the verdicts use; ``max_curves`` bounds the
-    learning curves drawn (a fixed random subset of the trials beyond it).
-    Raises ``FileNotFoundError`` when ``run_dir`` is not a folder; missing optional tables
-    only turn their sections into "not available" notes.
+    ``entropy_col`` picks the latent statistic the descriptions and the fixed-latent_dim
+    test use; ``alpha`` the level of the verdicts; ``max_curves`` bounds the learning
+    curves drawn (a fixed random subset of the trials beyond it).
+    Raises ``FileNotFoundError`` when ``run_dir`` is not a folder, ``ValueError`` for an
+    unknown ``entropy_col`` or an ``alpha`` outside (0, 1); missing optional tables only
+    turn their sections into "not available" notes.
     """
     if entropy_col not in ENTROPY_LABELS:
         raise ValueError(
             f"entropy_col: unknown latent statistic {entropy_col!r}; allowed: "
             f"{', '.join(ENTROPY_LABELS)}"
         )
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
     run = load_run(run_dir)
-    doc, _ = render_report(
-        run, entropy_col=entropy_col, max_curves=max_curves, n_boot=n_boot, n_perm=n_perm
-    )
+    doc, _, verdict_list = _render(
+        run, entropy_col=entropy_col, max_curves=max_curves, n_boot=n_boot, n_sim=n_sim,
+        alpha=alpha,
+    )  # fmt: skip
     out = run.run_dir / REPORT_FILE
     _atomic_write(out, doc)
+    _atomic_write(run.run_dir / VERDICTS_FILE, H.verdicts_table(verdict_list).to_csv(index=False))
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from study.report import make_synthetic_run, write_report
 
-FAST = dict(n_boot=300, n_perm=300)
+FAST = dict(n_boot=300, n_sim=2000)
 PLOTLY_SIGNATURE = "plotly.js v"  # the banner comment at the top of plotly.min.js
 
 
@@ -46,14 +46,23 @@ def test_report_has_verdicts_and_one_plotly_copy(run_dir, report_text):
     assert n >= 7
     assert text.count("Plotly.newPlot(") == n
     assert text.count('class="plotly-graph-div"') == n
-    # the verdict in words and numbers, with its n
+    # the verdict in words and numbers: the test, alpha, p (Holm), the effect, the data used
     for ds in ("phantom-k6", "RSNA"):
         assert f'{ds} <span class="muted">/ ae</span>' in text
-    assert text.count("Over capacity: supported (n = ") == 2
-    assert "under capacity: supported (n = " in text
-    assert "best latent_dim d* = " in text and "95 % bootstrap interval" in text
-    assert "image intrinsic dimension (TwoNN)" in text
-    assert "elbow of normal reconstruction error" in text
+        assert f"{ds}/ae: supported: over-capacity drop: studentised max-t" in text
+    assert text.count('<span class="badge supported">supported</span></h3>') == 2
+    assert "(Holm " in text and "α = 0.05" in text
+    assert "best latent_dim d* = " in text and "not distinguishable from d* (95 %)" in text
+    assert "uncertainty from seeds and test images: DeLong covariance over" in text
+    assert "image intrinsic dimension (TwoNN, training images)" in text
+    assert "elbow of the validation reconstruction error" in text
+    # the branch correlations are descriptions without a badge
+    assert "Descriptions (no verdict" in text
+    # the fixed-latent_dim section and the verdicts table beside the report
+    assert "<h2>Entropy at fixed latent dimension</h2>" in text
+    table = pd.read_csv(run_dir / "verdicts.csv")
+    assert set(table["verdict"]) <= {"supported", "not shown", "contradicted", "not tested"}
+    assert (table.loc[table["branch"] == "over-capacity", "verdict"] == "supported").all()
     # no partial banner for a finished study whose trials all finished
     assert "Partial results" not in text
     # no leftover temporary files
@@ -157,7 +166,9 @@ def test_missing_optional_files_say_not_available(tmp_path):
         "Optuna optimisation history and parameter importances: not available",
     ):
         assert what in text
-    assert "Over capacity:" in text and text.count(PLOTLY_SIGNATURE) == 1
+    assert "toy/ae: not shown: over-capacity drop" in text  # d* = 8 of 2..16: a small drop
+    assert text.count(PLOTLY_SIGNATURE) == 1
+    assert "uncertainty from seeds: seeds only (per-image scores not given)" in text
 
 
 def test_unreadable_table_is_a_note_not_an_error(tmp_path):
@@ -185,7 +196,12 @@ def test_no_trials_yet_and_missing_folder(tmp_path):
 def test_one_seed_and_learning_curve_cap(tmp_path):
     run = make_synthetic_run(tmp_path / "one", datasets=("toy",), seeds=(0,))
     text = write_report(run, max_curves=5, **FAST).read_text(encoding="utf-8")
-    assert "one seed only: no interval for the best latent_dim" in text
+    # one seed: the test-set level (per-image scores) is the only source of uncertainty
+    assert "8 completed trials, 1 seed, " in text
+    assert "uncertainty from seeds and test images" in text
+    (run / "scores.parquet").unlink()
+    text = write_report(run, max_curves=5, **FAST).read_text(encoding="utf-8")
+    assert "not tested: one trial per latent_dim (one seed) and no per-image scores" in text
     assert "5 of 8 trials shown (a fixed random subset)." in text
 
 
@@ -244,8 +260,8 @@ def test_odd_tables_still_give_a_report(tmp_path):
     trials = pd.read_parquet(run / "trials.parquet")
     trials.assign(status="errored", auc=np.nan).to_parquet(run / "trials.parquet")
     text = write_report(run, **FAST).read_text(encoding="utf-8")
-    assert "Hypothesis tests: not available" in text
-    assert "could not be drawn" not in text and "errored" in text
+    assert "toy/ae: not tested: no completed trial: 2 errored" in text
+    assert "could not be drawn" not in text
     trials.drop(columns=["latent_dim", "trial_id"]).to_parquet(run / "trials.parquet")
     text = write_report(run, **FAST).read_text(encoding="utf-8")
     assert "could not be drawn" not in text and "Run facts" in text

@@ -80,7 +80,7 @@ def test_report_renders_in_chromium(tmp_path):
         optuna_db=True,
         extra_statuses={"early-stopped": 2, "errored": 1},
     )
-    report = write_report(run, n_boot=300, n_perm=300)
+    report = write_report(run, n_boot=300, n_sim=2000)
     html = report.read_text(encoding="utf-8")
     n_figures = html.count('class="plotly-graph-div"')
     assert n_figures >= 9
