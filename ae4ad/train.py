@@ -14,14 +14,29 @@ Example:
     >>> records = list(fit(config))
     >>> records[-1]["status"], 0.0 <= records[-1]["auc"] <= 1.0
     ('completed', True)
+
+Checkpoints: ``fit(config, state_out=f)`` calls ``f(state, record)`` at every evaluation,
+just before the record is yielded, with the whole training state (model, optimiser,
+RNG states, epoch, config; plain tensors and dicts, see :func:`training_state`);
+``fit(config, start_state=state)`` continues from such a state, and its records are
+the ones the uninterrupted run yields after that epoch (the same numbers on the same
+machine; only the timings differ):
+
+    >>> states = []
+    >>> full = list(fit(config | {"epochs": 2, "eval_every": 1},
+    ...                 state_out=lambda state, record: states.append(state)))
+    >>> again = list(fit(config | {"epochs": 2, "eval_every": 1}, start_state=states[0]))
+    >>> [r["epoch"] for r in again], again[-1]["auc"] == full[-1]["auc"]
+    ([2], True)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -152,11 +167,29 @@ def _examples(
     }
 
 
-def fit(config: dict | TrainConfig, dataset: AnomalyDataset | None = None) -> Iterator[dict]:
+STATE_FORMAT = "ae4ad-train-state/1"
+
+
+def fit(
+    config: dict | TrainConfig,
+    dataset: AnomalyDataset | None = None,
+    *,
+    start_state: dict | None = None,
+    state_out: Callable[[dict, dict], None] | None = None,
+) -> Iterator[dict]:
     """Train ``config.model`` on the normal images of ``dataset`` and yield evaluation records.
 
     ``dataset`` (already loaded) is used when given; otherwise it is loaded from
     ``config.dataset`` / ``config.dataset_params``.
+
+    ``start_state``: a state that ``state_out`` received (or a checkpoint read back
+    with :func:`ae4ad.trained.load_checkpoint`): training continues after its epoch,
+    with its weights, optimiser state, RNG states and timers. The config must describe
+    the same model and training (``epochs``, ``eval_every``, ``device`` and ``threads``
+    may differ); raises :class:`ConfigError` otherwise.
+
+    ``state_out(state, record)``: called at every evaluation (not for a diverged run)
+    before the record is yielded; the state holds copies of the tensors, on the CPU.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg.validate()
@@ -174,6 +207,9 @@ def fit(config: dict | TrainConfig, dataset: AnomalyDataset | None = None) -> It
         memory_format = torch.channels_last
         model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, progress = 0, {"train_time_s": 0.0, "images_seen": 0, "elapsed_s": 0.0}
+    if start_state is not None:
+        start_epoch, progress = _restore(start_state, cfg, model, optimizer, generator)
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -185,15 +221,24 @@ def fit(config: dict | TrainConfig, dataset: AnomalyDataset | None = None) -> It
     n = len(train)
     batch = min(cfg.batch_size, n)
     n_batches = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 image)
-    started = time.perf_counter()
-    train_time, images_seen = 0.0, 0
+    started = time.perf_counter() - float(progress["elapsed_s"])
+    train_time, images_seen = float(progress["train_time_s"]), int(progress["images_seen"])
     losses: list[float] = []
     base = {
         "device": str(device),
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
+    model_spec = {"name": cfg.model, "params": model_params}
+    data_spec = {
+        "name": data.name,
+        "source": cfg.dataset,
+        "params": dict(cfg.dataset_params),
+        "image_size": data.image_size,
+        "in_channels": data.in_channels,
+        "value_range": [-1.0, 1.0],
+    }
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=generator).to(device)
@@ -233,6 +278,13 @@ def fit(config: dict | TrainConfig, dataset: AnomalyDataset | None = None) -> It
                 yield {**base, **record}
                 return
             record["elapsed_s"] = time.perf_counter() - started
+            if state_out is not None:
+                timers = {"train_time_s": train_time, "images_seen": images_seen}
+                timers["elapsed_s"] = record["elapsed_s"]
+                state = training_state(
+                    epoch, cfg, model, optimizer, generator, timers, model_spec, data_spec
+                )
+                state_out(state, {**base, **record})
             yield {**base, **record}
 
 
@@ -268,6 +320,9 @@ def _evaluate(
         val_eval = ev(data.val, data.val_masks is not None)
         val_labels = data.val_labels if data.val_labels is not None else torch.zeros(len(data.val))
         rec["recon_error_val_normal"] = _mean(val_eval["scores"][val_labels == 0])
+        if 0 < int(val_labels.sum()) < len(val_labels):  # a labelled validation split
+            val_metrics = image_metrics(val_eval["scores"].numpy(), val_labels.numpy())
+            rec["val_auc"], rec["val_ap"] = val_metrics["auc"], val_metrics["ap"]
         if data.val_masks is not None:
             val_maps, val_masks = val_eval["maps"].numpy(), data.val_masks.numpy()
     if data.test_masks is not None:
@@ -305,6 +360,118 @@ def _diverged_record(
         "ap": nan,
         "error": f"training loss became {loss} at epoch {epoch}",
     }
+
+
+# Config keys a start state may differ in: they do not change what is trained.
+_RESUMABLE_CHANGES = {"epochs", "eval_every", "eval_batch_size", "device", "threads", "n_examples"}
+
+
+def _cpu(value):
+    """Copies of the tensors (in nested dicts and lists), on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    return value
+
+
+def rng_states(generator: torch.Generator) -> dict:
+    """The RNG states training draws from, as tensors and plain values (so a checkpoint
+    loads with ``torch.load(..., weights_only=True)``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def set_rng_states(states: dict, generator: torch.Generator) -> None:
+    """Restore what :func:`rng_states` captured."""
+    torch.set_rng_state(states["torch"].cpu())
+    generator.set_state(states["generator"].cpu())
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    cuda = states.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def training_state(
+    epoch: int,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    timers: dict,
+    model_spec: dict,
+    data_spec: dict,
+) -> dict:
+    """Everything :func:`fit` needs to continue after ``epoch``: plain tensors, dicts,
+    lists, strings and numbers only.
+
+    Keys: ``format``, ``epoch``, ``model`` (state dict), ``optimizer`` (state dict),
+    ``scheduler`` (None: fit keeps the learning rate constant), ``rng``, ``timers``,
+    ``config`` (the TrainConfig as a dict), ``model_spec`` (registry name and every
+    parameter, image size and channels included) and ``data`` (name, source, params,
+    image size, channels and value range of the images the model takes)."""
+    return {
+        "format": STATE_FORMAT,
+        "epoch": int(epoch),
+        "model": _cpu(model.state_dict()),
+        "optimizer": _cpu(optimizer.state_dict()),
+        "scheduler": None,
+        "rng": rng_states(generator),
+        "timers": dict(timers),
+        "config": config_to_dict(cfg),
+        "model_spec": {"name": model_spec["name"], "params": dict(model_spec["params"])},
+        "data": dict(data_spec),
+    }
+
+
+def _restore(
+    state: dict,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[int, dict]:
+    """Load ``state`` into the freshly built model and optimiser; returns the epoch it
+    was taken at and its timers."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"start_state: expected a {STATE_FORMAT} state, got {found!r}")
+    saved = state.get("config") or {}
+    now = config_to_dict(cfg)
+    canonical = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
+    for key in sorted(set(saved) | set(now)):
+        if key not in _RESUMABLE_CHANGES and canonical(saved.get(key)) != canonical(now.get(key)):
+            raise ConfigError(
+                f"start_state: its config has {key}={saved.get(key)!r}, this one "
+                f"{now.get(key)!r}; a state continues the same training only"
+            )
+    epoch = int(state["epoch"])
+    if epoch >= cfg.epochs:
+        raise ConfigError(
+            f"start_state: taken at epoch {epoch}, nothing left to train with epochs={cfg.epochs}"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
+    set_rng_states(state["rng"], generator)
+    return epoch, dict(state.get("timers") or {})
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

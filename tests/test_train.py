@@ -158,3 +158,17 @@ def test_loads_the_dataset_by_name_when_not_given():
     final = list(fit(config))[-1]
     assert final["status"] == "completed" and 0 <= final["auc"] <= 1
     assert isinstance(torch.get_num_threads(), int)
+
+
+def test_labelled_validation_split_gives_val_auc_and_val_ap():
+    ds = tiny_dataset()
+    ds.val, ds.val_labels, ds.val_masks = ds.test[8:16], ds.test_labels[8:16], ds.test_masks[8:16]
+    records = list(fit(BASE, dataset=ds))
+    final = records[-1]
+    expected = image_metrics(np.asarray(final["scores"])[8:16], ds.val_labels.numpy())
+    # the validation images are test images 8..15, scored by the same model: same numbers
+    assert final["val_auc"] == pytest.approx(expected["auc"])
+    assert final["val_ap"] == pytest.approx(expected["ap"])
+    assert all("val_auc" in r for r in records)
+    # a normal-only validation split has no val_auc
+    assert "val_auc" not in list(fit(BASE, dataset=tiny_dataset()))[-1]

@@ -13,10 +13,13 @@ Intensities are built on a [0, 1] scale (background 0) and returned as ``2 * I -
 so the background is exactly -1. ``texture``, ``noise`` and the lesion contrast are
 amplitudes on that [0, 1] scale.
 
-Splits: ``train`` and ``val`` are normal only; ``test`` holds ``n_test_normal`` normal
-images followed by ``n_test_abnormal`` abnormal ones. ``test_masks`` covers every test
-image (all zero for normal ones); ``val_labels`` is all zero and ``val_masks`` is None
-(the validation split has no abnormal images, so it carries no pixel annotation).
+Splits: ``train`` is normal only; ``test`` holds ``n_test_normal`` normal images
+followed by ``n_test_abnormal`` abnormal ones, and ``test_masks`` covers every test image
+(all zero for normal ones). ``val`` holds ``n_val`` normal images, followed by
+``n_val_abnormal`` abnormal ones when asked for (default 0): a labelled validation split
+with its own lesions and masks, so that a search or a threshold can be chosen without
+test labels (``val_auc``, ``val_ap`` and the Dice threshold come from it). Without
+abnormal validation images ``val_labels`` is all zero and ``val_masks`` is None.
 Each split draws from its own random streams, so changing ``n_test_abnormal`` never
 changes a training image, and the first ``n`` images of a split do not depend on how
 many more are asked for.
@@ -104,7 +107,7 @@ CHEST_FACTORS: tuple[Factor, ...] = (
     Factor("rib_spacing", 0.17, 0.23, "distance between ribs"),
 )
 
-_SPLIT_IDS = {"train": 0, "val": 1, "test_normal": 2, "test_abnormal": 3}
+_SPLIT_IDS = {"train": 0, "val": 1, "test_normal": 2, "test_abnormal": 3, "val_abnormal": 4}
 _STREAM_FACTORS, _STREAM_TEXTURE, _STREAM_NOISE, _STREAM_LESION = 0, 1, 2, 3
 _CHUNK_PIXELS = 2**18  # pixels rendered at once (keeps the working arrays in cache)
 _N_CANDIDATES = 48  # lesion centre candidates per image
@@ -319,6 +322,7 @@ class PhantomParams:
     n_test_normal: int = 500
     n_test_abnormal: int = 500
     intrinsic_dim: int = 6
+    n_val_abnormal: int = 0
     texture: float = 0.08
     texture_sigma: float = 1.5
     noise: float = 0.02
@@ -342,7 +346,7 @@ class PhantomParams:
             raise bad("image_size", "an int in 16..512")
         if not _is_int(self.n_train) or self.n_train < 1:
             raise bad("n_train", "an int >= 1")
-        for name in ("n_val", "n_test_normal", "n_test_abnormal"):
+        for name in ("n_val", "n_val_abnormal", "n_test_normal", "n_test_abnormal"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "an int >= 0")
         if self.n_test_normal + self.n_test_abnormal < 1:
@@ -364,6 +368,7 @@ class PhantomParams:
             image_size=int(self.image_size),
             n_train=int(self.n_train),
             n_val=int(self.n_val),
+            n_val_abnormal=int(self.n_val_abnormal),
             n_test_normal=int(self.n_test_normal),
             n_test_abnormal=int(self.n_test_abnormal),
             intrinsic_dim=int(self.intrinsic_dim),
@@ -561,6 +566,7 @@ def load_phantom(
     n_test_normal: int = 500,
     n_test_abnormal: int = 500,
     intrinsic_dim: int = 6,
+    n_val_abnormal: int = 0,
     texture: float = 0.08,
     texture_sigma: float = 1.5,
     noise: float = 0.02,
@@ -588,6 +594,7 @@ def load_phantom(
         n_test_normal=n_test_normal,
         n_test_abnormal=n_test_abnormal,
         intrinsic_dim=intrinsic_dim,
+        n_val_abnormal=n_val_abnormal,
         texture=texture,
         texture_sigma=texture_sigma,
         noise=noise,
@@ -598,6 +605,11 @@ def load_phantom(
     ).validated()
     train = generate_images(p.n_train, "train", p)
     val = generate_images(p.n_val, "val", p) if p.n_val > 0 else None
+    val_abnormal = (
+        generate_images(p.n_val_abnormal, "val_abnormal", p, lesions=True)
+        if p.n_val_abnormal > 0
+        else None
+    )
     normal = generate_images(p.n_test_normal, "test_normal", p)
     abnormal = generate_images(p.n_test_abnormal, "test_abnormal", p, lesions=True)
     test = torch.cat([normal.images, abnormal.images])
@@ -620,7 +632,9 @@ def load_phantom(
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(p).items()},
         "intensity_scale": "[0, 1] internally, returned as 2 * I - 1 (background -1)",
         "test_order": "n_test_normal normal images, then n_test_abnormal abnormal ones",
-        "val_masks": "None: the validation split is normal only",
+        "val_masks": "None: the validation split is normal only"
+        if val_abnormal is None
+        else "n_val normal images (all-zero masks), then n_val_abnormal abnormal ones",
     }
     k = p.intrinsic_dim
     return AnomalyDataset(
@@ -633,8 +647,26 @@ def load_phantom(
         test=test,
         test_labels=labels,
         test_masks=torch.cat([normal.masks, abnormal.masks]),
-        val=None if val is None else val.images,
-        val_labels=None if val is None else torch.zeros(p.n_val, dtype=torch.long),
-        val_masks=None,
+        **_val_split(val, val_abnormal),
         info=info,
+    )
+
+
+def _val_split(normal: PhantomImages | None, abnormal: PhantomImages | None) -> dict:
+    """The validation split's fields of the data set: normal images, then abnormal ones
+    with their masks (labels and masks only when there are abnormal ones)."""
+    if abnormal is None:
+        return dict(
+            val=None if normal is None else normal.images,
+            val_labels=None
+            if normal is None
+            else torch.zeros(len(normal.images), dtype=torch.long),
+            val_masks=None,
+        )
+    parts = [abnormal] if normal is None else [normal, abnormal]
+    labels = [torch.full((len(x.images),), int(x is abnormal), dtype=torch.long) for x in parts]
+    return dict(
+        val=torch.cat([x.images for x in parts]),
+        val_labels=torch.cat(labels),
+        val_masks=torch.cat([x.masks for x in parts]),
     )

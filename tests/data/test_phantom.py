@@ -219,3 +219,20 @@ def test_chest_variant():
     assert torch.equal(ab.images, d.test[8:])
     assert torch.all(ab.masks.sum(dim=(1, 2, 3)) >= 4)
     assert float((ab.masks * (1 - ab.region.float())).sum()) == 0.0
+
+
+def test_labelled_validation_split():
+    kw = dict(n_train=4, n_val=3, n_test_normal=2, n_test_abnormal=2, seed=3)
+    plain = load_dataset("phantom", **kw)
+    labelled = load_dataset("phantom", n_val_abnormal=5, **kw)
+    assert labelled.val_labels.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert labelled.val_masks.shape == labelled.val.shape
+    assert labelled.val_masks[:3].sum() == 0
+    assert all(labelled.val_masks[i].sum() > 0 for i in range(3, 8))
+    # its own random streams: the other splits and the normal validation images are unchanged
+    assert torch.equal(plain.val, labelled.val[:3])
+    for name in ("train", "test", "test_masks"):
+        assert torch.equal(getattr(plain, name), getattr(labelled, name))
+    # the abnormal validation images are not the abnormal test images
+    assert not torch.equal(labelled.val[3:5], labelled.test[2:4])
+    assert plain.val_masks is None and plain.val_labels.sum() == 0
