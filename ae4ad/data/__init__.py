@@ -2,10 +2,17 @@
 
 >>> from ae4ad.data import load_dataset, DATA_SOURCES
 >>> sorted(DATA_SOURCES)
-['digits', 'medianomaly', 'medmnist', 'phantom']
+['digits', 'folder', 'medianomaly', 'medmnist', 'nifti', 'phantom']
 """
 
-from ae4ad.data import digits, medianomaly, medmnist, phantom  # noqa: F401  (register sources)
+from ae4ad.data import (  # noqa: F401  (register sources)
+    digits,
+    folder,
+    medianomaly,
+    medmnist,
+    nifti,
+    phantom,
+)
 from ae4ad.data.base import (
     DATA_SOURCES,
     AnomalyDataset,
