@@ -6,11 +6,15 @@
     python run_study.py --space latent.yaml --override training.epochs=5 --override seeds=[0]
     python run_study.py --space paper.yaml --address 10.0.0.5:6379   # join a Ray cluster
     python run_study.py --report-only runs/latent        # rebuild the report from tables
+    python run_study.py predict --run runs/latent --trial best scans/ --out scored/
+    python run_study.py export-images --run runs/latent --out phantom-test/  # test split
 
 A user's mistake (a bad space, results already there, resources the cluster lacks,
 data that cannot be loaded) prints ``error: <message>`` on stderr and exits with 2,
 before Ray starts where it can. An interrupted run (Ctrl-C, SIGTERM) exits with 130
-after saving what finished. See docs/running.md.
+after saving what finished. ``predict`` and ``export-images`` print a bad input (an
+unreadable image, a wrong channel count, an unknown trial) as one ``error:`` line and
+exit with 2. See docs/running.md.
 
 Example:
     >>> main(["--space", "smoke", "--dry-run"])  # doctest: +ELLIPSIS
@@ -26,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_export_parser", "build_parser", "build_predict_parser", "main"]
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -42,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Ray Tune trials (+ Optuna) -> results tables and a report in "
             "<storage_path>/<study name>/."
         ),
-        epilog="Details: docs/running.md",
+        epilog=(
+            "Also: 'predict --run RUN_DIR --trial best IMAGES --out DIR' scores new images with "
+            "a kept model; 'export-images --run RUN_DIR --out DIR' writes a run's test "
+            "images. Details: docs/running.md"
+        ),
     )
     parser.add_argument(
         "--space",
@@ -108,11 +116,126 @@ def build_parser() -> argparse.ArgumentParser:
         "printed for every finished trial",
     )
     parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        metavar="LEVEL",
+        help="level of the report's verdicts, in (0, 1) (default 0.05)",
+    )
+    parser.add_argument(
         "--no-report",
         action="store_true",
         help="write the tables only, not the report",
     )
+    parser.add_argument(
+        "--keep-models",
+        choices=("none", "best", "all"),
+        default=None,
+        help="final models kept in <run>/models/: all trials', the best per stratum, or "
+        "none (default: all for up to 100 trials, else best)",
+    )
     return parser
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    """The parser of ``predict``: score new images with a run's kept models."""
+    parser = argparse.ArgumentParser(
+        prog="run_study.py predict",
+        description=(
+            "Score images with the model(s) a study kept: per-image scores (scores.csv), "
+            "anomaly-map overlays (maps/<trial_id>/*.png) and, with --labels, AUC and AP."
+        ),
+        epilog="Details: docs/running.md",
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="the run folder")
+    parser.add_argument(
+        "--trial",
+        default="best",
+        metavar="TRIAL",
+        help="best (default), best-per-stratum, or a trial id of the run",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGES_OR_FOLDER",
+        help="image files (.png, .jpg, .bmp, .tif) or .npy arrays, or folders of them",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="where results go")
+    parser.add_argument(
+        "--labels",
+        metavar="CSV",
+        default=None,
+        help="a CSV with columns file,label (0 normal, 1 abnormal), or 'from-folders' "
+        "(normal/ and abnormal/ parent folders): prints AUC and AP",
+    )
+    parser.add_argument("--no-maps", action="store_true", help="write scores only")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    return parser
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    """The parser of ``export-images``: write a run's data set split as files."""
+    parser = argparse.ArgumentParser(
+        prog="run_study.py export-images",
+        description=(
+            "Write one split of a run's data set (rebuilt from its space.yaml) as files with "
+            "labels.csv, e.g. the phantom's test images for predict."
+        ),
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="the run folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where the files go")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train"))
+    parser.add_argument(
+        "--format",
+        default="npy",
+        choices=("npy", "png"),
+        help="npy: float arrays, lossless (default); png: 8-bit images",
+    )
+    parser.add_argument("--dataset", default=None, metavar="LABEL", help="data set label")
+    return parser
+
+
+def _predict(argv: list[str]) -> int:
+    from study.predict import PredictError, predict
+
+    args = build_predict_parser().parse_args(argv)
+    try:
+        result = predict(
+            args.run, args.trial, args.inputs, args.out, labels=args.labels,
+            maps=not args.no_maps, device=args.device,
+        )  # fmt: skip
+    except PredictError as exc:
+        return _error(str(exc))
+    for info in result.trials:
+        line = (
+            f"trial {info['trial_id']} (epoch {info['epoch']}, {info['score']} score): "
+            f"{info['n_images']} images scored"
+        )
+        if "n_normal" in info:
+            auc, ap = info.get("auc"), info.get("ap")
+            metrics = (
+                f"auc={auc:.6f} ap={ap:.6f}"
+                if auc is not None
+                else "auc/ap undefined (labels of one class only)"
+            )
+            line += f"; {metrics} ({info['n_normal']} normal, {info['n_abnormal']} abnormal)"
+        print(line, flush=True)
+    print(f"scores: {result.out_dir / 'scores.csv'}", flush=True)
+    if any("maps" in info for info in result.trials):
+        print(f"maps: {result.out_dir / 'maps'}", flush=True)
+    return EXIT_OK
+
+
+def _export(argv: list[str]) -> int:
+    from study.predict import PredictError, export_split
+
+    args = build_export_parser().parse_args(argv)
+    try:
+        files = export_split(args.run, args.out, args.split, args.format, args.dataset)
+    except PredictError as exc:
+        return _error(str(exc))
+    print(f"{len(files)} {args.split} images written to {args.out} (labels.csv)", flush=True)
+    return EXIT_OK
 
 
 def _error(message: str) -> int:
@@ -121,13 +244,15 @@ def _error(message: str) -> int:
     return EXIT_USER_ERROR
 
 
-def _report_only(run_dir: str) -> int:
+def _report_only(run_dir: str, alpha: float) -> int:
     path = Path(run_dir)
     if not (path / "trials.parquet").is_file():
         return _error(f"{run_dir}: not a run folder (no trials.parquet in it)")
-    from study.report import write_report
+    from study.report import verdict_lines, write_report
 
-    report = write_report(path)
+    report = write_report(path, alpha=alpha)
+    for line in verdict_lines(path):
+        print(line, flush=True)
     print(f"report: {report}", flush=True)
     return EXIT_OK
 
@@ -150,15 +275,22 @@ def _dry_run(space) -> int:  # noqa: ANN001
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "predict":
+        return _predict(argv[1:])
+    if argv and argv[0] == "export-images":
+        return _export(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from study.space import SpaceError, load_space
 
+    if not 0 < args.alpha < 1:
+        return _error(f"--alpha: expected a number in (0, 1), got {args.alpha:g}")
     try:
         if args.report_only:
             if args.space or args.resume or args.dry_run:
                 return _error("--report-only takes a run folder alone (no --space/--resume)")
-            return _report_only(args.report_only)
+            return _report_only(args.report_only, args.alpha)
         if not args.space:
             parser.print_usage(sys.stderr)
             return _error("--space is required (or --report-only RUN_DIR)")
@@ -178,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             num_gpus=args.num_gpus,
             progress_interval_s=args.progress_every,
             report=not args.no_report,
+            keep_models=args.keep_models,
+            alpha=args.alpha,
         )
         result = runner.run_study(space, options)
         return EXIT_OK if result.status == "finished" else EXIT_INTERRUPTED

@@ -2416,6 +2416,37 @@ def write_report(
     return out
 
 
+def verdict_lines(run_dir: Path | str) -> list[str]:
+    """The headline verdict of every stratum as one line each, from ``verdicts.csv``
+    (written with the report), e.g. ``verdict phantom/ae: supported (over-capacity drop:
+    studentised max-t vs the largest latent_dim, p = 0.002; AUC d=8 minus d=128: +0.031
+    [+0.012, +0.050])``. Empty when the run has no verdicts table."""
+    path = Path(run_dir) / VERDICTS_FILE
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    lines = []
+    for _, r in table[table["branch"] == "over-capacity"].iterrows():
+        if r["verdict"] == H.NOT_TESTED:
+            lines.append(f"verdict {r['stratum']}: not tested ({r['reason']})")
+            continue
+        p = f"p {H.format_p_clause(float(r['p_value']))}"
+        if float(r["p_adjusted"]) != float(r["p_value"]):
+            p += f", Holm-adjusted {H.format_p(float(r['p_adjusted']))}"
+        effect = ""
+        if math.isfinite(float(r["effect_ci_low"])):
+            effect = (
+                f"; AUC d={int(r['best_latent_dim'])} minus d={int(r['reference_latent_dim'])}: "
+                f"{float(r['effect']):+.3f} [{float(r['effect_ci_low']):+.3f}, "
+                f"{float(r['effect_ci_high']):+.3f}]"
+            )
+        lines.append(
+            f"verdict {r['stratum']}: {r['verdict']} ({r['test']}, {p}, alpha "
+            f"{float(r['alpha']):g}{effect})"
+        )
+    return lines
+
+
 # ----------------------------------------------------------------------------- synthetic runs
 
 

@@ -22,6 +22,7 @@ Example (a two-trial study on a small phantom; takes a minute on 2 CPU cores):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -41,6 +43,7 @@ import yaml
 
 from study.results import (
     FINISHED_STATUSES,
+    HISTORY_FILE,
     OPTUNA_FILE,
     SPACE_FILE,
     RunTables,
@@ -52,7 +55,6 @@ from study.results import (
     utc_now,
 )
 from study.space import (
-    TRAINING_DEFAULTS,
     Space,
     fit_config,
     grid_trials,
@@ -132,6 +134,9 @@ class RunOptions:
     - ``num_cpus`` / ``num_gpus``: what the embedded Ray may use (default: all).
     - ``progress_interval_s``: seconds between progress summary lines.
     - ``report``: write the report at the end (study.report.write_report).
+    - ``alpha``: the level of the report's verdicts.
+    - ``keep_models``: ``none``, ``best`` (per stratum) or ``all`` trials' final models
+      kept in ``<run dir>/models/`` (default: all up to 100 planned trials, else best).
     """
 
     address: str | None = None
@@ -142,6 +147,8 @@ class RunOptions:
     progress_interval_s: float = 10.0
     report: bool = True
     out: TextIO | None = None
+    keep_models: str | None = None
+    alpha: float = 0.05
 
 
 @dataclass
@@ -323,22 +330,57 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+def _start_state(sources: Sequence[Any]) -> tuple[dict | None, list[dict], str | None]:
+    """The training state and records of the first readable checkpoint of
+    ``sources`` (``ray.tune.Checkpoint``s, newest first), and why the ones before it
+    did not read; (None, [], why) when none reads."""
+    from ae4ad.trained import load_checkpoint
+    from study.checkpoints import RECORDS_FILE
+
+    errors = []
+    for source in sources:
+        try:
+            with source.as_directory() as folder:
+                state = load_checkpoint(folder)
+                records = json.loads((Path(folder) / RECORDS_FILE).read_text("utf-8"))
+            records = [r for r in records if int(r["epoch"]) <= int(state["epoch"])]
+            return state, records, "; ".join(errors) or None
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint: try the next one
+            errors.append(f"{source.path}: {type(exc).__name__}: {exc}"[:300])
+    return None, [], "; ".join(errors) or None
+
+
 def train_trial(
-    config: dict, datasets: Mapping[str, Any], objective: tuple[str, str] = ("auc", "max")
+    config: dict,
+    datasets: Mapping[str, Any],
+    objective: tuple[str, str] = ("auc", "max"),
+    resume_from: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """The Ray Tune trainable: train one trial with ``ae4ad.fit`` and report each record.
+    """The Ray Tune trainable: train one trial with ``ae4ad.fit`` and report each record
+    with a checkpoint.
 
     ``datasets`` maps data set labels to object references of the data sets the driver
     built (from ``tune.with_parameters``); ``objective`` is (metric, mode) of the
     scheduler. Records are reported as they are, except: lists and mappings only on the
     final record (scores, labels, examples); a NaN or missing objective is replaced by
     a finite worst value with ``metric_replaced: True`` (schedulers and Optuna cannot
-    take NaN); ``node_id`` says where the trial ran.
+    take NaN); ``node_id`` says where the trial ran; ``resumed_from_epoch`` the epoch
+    of the checkpoint it continued from (0: trained from scratch; ``resume_error`` says
+    why a checkpoint it was given could not be read).
+
+    Every record comes with a ``ray.tune.Checkpoint`` (:mod:`study.checkpoints`): the
+    model, the training state and the records so far. The trial continues from
+    ``tune.get_checkpoint()`` when Tune restarts it, else from the newest readable of
+    ``resume_from[trial_id]`` (checkpoints an earlier session left, for ``--resume``).
+    When the storage cannot take checkpoints (a local ``storage_path`` that a worker
+    node does not share) the trial goes on without them.
     """
     import ray
     from ray import tune
 
     import ae4ad
+    from ae4ad.trained import save_checkpoint
+    from study.checkpoints import RECORDS_FILE
     from study.searcher import REPLACED_KEY
 
     metric, mode = objective
@@ -346,7 +388,21 @@ def train_trial(
     if isinstance(data, ray.ObjectRef):
         data = ray.get(data)
     node_id = ray.get_runtime_context().get_node_id()
-    for record in ae4ad.fit(fit_config(config), dataset=data):
+    tid = str(config.get("trial_id") or "")
+    sources = [tune.get_checkpoint()]
+    sources += [tune.Checkpoint(p) for p in (resume_from or {}).get(tid, [])]
+    start_state, history, resume_error = _start_state([s for s in sources if s is not None])
+    start_epoch = int(start_state["epoch"]) if start_state is not None else 0
+    states: list[dict] = []
+    checkpoints = True
+    fit = ae4ad.fit(
+        fit_config(config),
+        dataset=data,
+        start_state=start_state,
+        state_out=lambda state, record: states.append(state),
+    )
+    del start_state
+    for record in fit:
         final = bool(record.get("is_final"))
         out = {k: v for k, v in record.items() if final or _is_scalar(v)}
         value = out.get(metric)
@@ -354,7 +410,26 @@ def train_trial(
             out[metric] = _objective_stand_in(metric, mode)
             out[REPLACED_KEY] = True
         out["node_id"] = node_id
-        tune.report(out)
+        out["resumed_from_epoch"] = start_epoch
+        if resume_error:
+            out["resume_error"] = resume_error
+        state = states.pop() if states else None
+        if state is None or not checkpoints:
+            tune.report(out)
+            continue
+        history.append({k: v for k, v in out.items() if _is_scalar(v)})
+        with tempfile.TemporaryDirectory(prefix="ae4ad-checkpoint-") as folder:
+            save_checkpoint(folder, state, extra={"trial_id": tid})
+            text = json.dumps(history, default=str, allow_nan=True)
+            (Path(folder) / RECORDS_FILE).write_text(text, encoding="utf-8")
+            del state
+            try:
+                tune.report(out, checkpoint=tune.Checkpoint.from_directory(folder))
+            except RuntimeError as exc:
+                if "storage" not in str(exc).lower():
+                    raise
+                checkpoints = False  # storage not reachable from this node
+                tune.report({**out, "checkpoint_error": " ".join(str(exc).split())[:300]})
 
 
 def _trial_name(trial: Any) -> str:
@@ -545,21 +620,33 @@ class _Collector:
         self.started: dict[str, tuple[float, str]] = {}
         self.trials_started = 0
         self.trials_finished = 0
+        # records an earlier session's checkpoint holds, by trial id (for --resume)
+        self.prior: dict[str, list[dict]] = {}
+        self.keeper: Any = None  # a study.checkpoints.ModelKeeper
+        self.reported: set[str] = set()
 
     def start(self, trial: Any) -> None:
-        self.records[trial.trial_id] = []
+        if trial.trial_id in self.records:
+            return  # Tune restarted it after a failure: it keeps its records
+        tid = str(trial.config.get("trial_id") or trial.trial_id)
+        self.records[trial.trial_id] = [dict(r) for r in self.prior.get(tid, [])]
         self.started[trial.trial_id] = (time.monotonic(), utc_now())
         self.trials_started += 1
 
     def retry(self, trial: Any) -> None:
-        self.records[trial.trial_id] = []  # a retry starts from scratch
+        pass  # it continues from its last checkpoint: result() drops what it reports again
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         record, replaced = _record(result)
         if replaced:
             record[self.metric] = float("nan")
         record["_where"] = (result.get("hostname"), result.get("node_ip"), result.get("node_id"))
-        self.records.setdefault(trial.trial_id, []).append(record)
+        records = self.records.setdefault(trial.trial_id, [])
+        epoch = record.get("epoch")
+        if isinstance(epoch, int) and records:  # a restart: drop records it repeats
+            records[:] = [r for r in records if int(r.get("epoch") or 0) < epoch]
+        records.append(record)
+        self.reported.add(trial.trial_id)
         # Tune keeps each trial's last result in its experiment state, rewritten now and
         # then: the per-image lists live in the record only (Tune lets callbacks edit it)
         for key in _BULKY_KEYS:
@@ -572,7 +659,7 @@ class _Collector:
     def finish(self, trial: Any, error: str | None) -> None:
         records = self.records.pop(trial.trial_id, [])
         start = self.started.pop(trial.trial_id, None)
-        if not records and error is None:
+        if trial.trial_id not in self.reported and error is None:
             return  # stopped before it ran (end of the study): not a result
         where = records[-1].get("_where", (None,) * 3) if records else (None,) * 3
         for record in records:
@@ -592,6 +679,8 @@ class _Collector:
             config, records, trial_id=tid, study=self.space.name, error=error,
             errored=error is not None, timing=timing,
         )  # fmt: skip
+        if self.keeper is not None:
+            self.keeper.finished(tid, getattr(trial, "checkpoint", None))
         self.tables.flush_if_due()
         self.trials_finished += 1
         row = next(r for r in reversed(self.tables.rows()) if r["trial_id"] == tid)
@@ -635,28 +724,39 @@ def _tune_callback(collector: _Collector):
     return StudyCallback(collector)
 
 
-def _max_epochs(space: Space) -> int:
-    values = []
-    for dataset in space.datasets:
-        spec = space.training_for(dataset).get("epochs")
-        values.append(int(spec.max_value()) if spec else int(TRAINING_DEFAULTS["epochs"]))
-    return max(values)
-
-
-def _scheduler(space: Space):
+def _scheduler(space: Space, tables: RunTables | None = None, out: TextIO | None = None):
+    """The study's trial scheduler: None, or ASHA with one state per stratum (see
+    :mod:`study.scheduler`). On resume (``tables`` holding finished trials) the rungs
+    are rebuilt from the run's history, so new trials are compared with the old ones."""
     if space.scheduler.type != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from study.scheduler import asha_per_stratum, restore_rungs
 
-    max_t = _max_epochs(space)
-    return ASHAScheduler(
-        time_attr="epoch",
-        metric=space.scheduler.metric,
-        mode=space.scheduler.mode,
-        max_t=max_t,
-        grace_period=max(1, min(int(space.scheduler.grace_period), max_t)),
-        reduction_factor=space.scheduler.reduction_factor,
-    )
+    scheduler = asha_per_stratum(space)
+    rows = tables.rows() if tables is not None else []
+    path = tables.run_dir / HISTORY_FILE if tables is not None else None
+    if rows and path is not None and path.is_file():
+        import pandas as pd
+
+        metric, mode = space.scheduler.metric, space.scheduler.mode
+        history = pd.read_parquet(path)
+        history = history[[c for c in ("trial_id", "epoch", metric) if c in history.columns]]
+        replayed = restore_rungs(
+            scheduler,
+            rows,
+            history.to_dict("records"),
+            metric=metric,
+            stand_in=_objective_stand_in(metric, mode),
+        )
+        if replayed and out is not None:
+            per = ", ".join(f"{k} {n}" for k, n in replayed.items())
+            print(
+                f"asha: rungs restored from the history of {sum(replayed.values())} finished "
+                f"trial(s) ({per})",
+                file=out,
+                flush=True,
+            )
+    return scheduler
 
 
 def _planned_grid(space: Space) -> list[dict[str, Any]]:
@@ -757,6 +857,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
             return row.get("stratum") in study_strata
 
     to_run = total - already
+    keep_models = _keep_models_policy(options.keep_models, total)
 
     datasets = _load_datasets(space) if to_run > 0 else {}
     _quiet_libraries()
@@ -767,6 +868,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
     previous_term = None
     session_open = False
     trials_wall = 0.0
+    keeper = None
     try:
         import ray
         from ray import tune
@@ -788,6 +890,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                 "trials_already_finished": already,
                 "trials_started": 0,
                 "trials_finished": 0,
+                "keep_models": keep_models,
             }
         )
         update_meta(
@@ -814,6 +917,9 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
             flush=True,
         )
         print(f"results: {run_dir}", file=out, flush=True)
+        keeper, resume_from, prior = _checkpoint_setup(
+            space, tables, keep_models, options, nodes, out
+        )
 
         best: dict[str, float] = {}
         for row in tables.rows():
@@ -846,7 +952,8 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                 from study.searcher import StratifiedOptunaSearcher
 
                 finished = {
-                    str(r["trial_id"]): (str(r["status"]), r.get(metric)) for r in tables.rows()
+                    str(r["trial_id"]): (str(r["status"]), r.get(metric), r.get("epochs_done"))
+                    for r in tables.rows()
                 }
                 searcher = StratifiedOptunaSearcher(
                     space,
@@ -865,14 +972,17 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                         flush=True,
                     )
             refs = {label: ray.put(ds) for label, ds in datasets.items()}
-            trainable = tune.with_parameters(train_trial, datasets=refs, objective=(metric, mode))
+            trainable = tune.with_parameters(
+                train_trial, datasets=refs, objective=(metric, mode), resume_from=resume_from
+            )
             trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([bundle]))
             callback = _Collector(space, tables, progress, metric, session)
+            callback.prior, callback.keeper = prior, keeper
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
-                    scheduler=_scheduler(space),
+                    scheduler=_scheduler(space, tables, out),
                     num_samples=-1,
                     max_concurrent_trials=space.resources.max_concurrent_trials,
                     reuse_actors=True,
@@ -881,7 +991,12 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                 ),
                 run_config=tune.RunConfig(
                     name=f"session-{session}",
-                    storage_path=str(run_dir / "tune"),
+                    storage_path=keeper.tune_storage,
+                    checkpoint_config=tune.CheckpointConfig(  # the last and the best
+                        num_to_keep=1,
+                        checkpoint_score_attribute=metric,
+                        checkpoint_score_order=mode,
+                    ),
                     verbose=0,
                     callbacks=[_tune_callback(callback)],
                     failure_config=tune.FailureConfig(
@@ -909,6 +1024,8 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
         if previous_term is not None:
             with contextlib.suppress(Exception):
                 signal.signal(signal.SIGTERM, previous_term)
+        if keeper is not None:
+            _finish_checkpoints(keeper, status, out)
         if session_open:
             with contextlib.suppress(Exception):
                 tables.flush_if_due(force=True)
@@ -946,9 +1063,79 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in FINISHED_STATUSES if counts.get(s))
     print(f"{status}: {summary or 'no trials'} (of {total} planned)", file=out, flush=True)
     if options.report and status == "finished" and sum(counts.values()):
-        result.report = _write_report(run_dir, out)
+        result.report = _write_report(run_dir, out, options.alpha)
     print(f"results: {run_dir}", file=out, flush=True)
     return result
+
+
+def _keep_models_policy(keep_models: str | None, total: int) -> str:
+    from study.checkpoints import KEEP_MODELS, default_keep_models
+
+    if keep_models is None:
+        return default_keep_models(total)
+    if keep_models not in KEEP_MODELS:
+        raise StudyError(
+            f"--keep-models: expected one of {', '.join(KEEP_MODELS)}, got {keep_models!r}"
+        )
+    return keep_models
+
+
+def _checkpoint_setup(
+    space: Space,
+    tables: RunTables,
+    keep_models: str,
+    options: RunOptions,
+    nodes: Sequence[Mapping[str, Any]],
+    out: TextIO,
+):
+    """The run's ModelKeeper, the checkpoints unfinished trials continue from
+    (``--resume``) and the records those checkpoints hold."""
+    from study.checkpoints import (
+        ModelKeeper,
+        find_resume_checkpoints,
+        is_uri,
+        read_records,
+        tune_storage_path,
+    )
+
+    storage = tune_storage_path(space)
+    earlier = find_resume_checkpoints(storage, exclude=tables.done_ids) if options.resume else {}
+    prior: dict[str, list[dict]] = {}
+    for tid, folders in earlier.items():
+        with contextlib.suppress(Exception):
+            prior[tid] = read_records(folders[0])
+    keeper = ModelKeeper(tables, keep_models, space.scheduler.metric, space.scheduler.mode,
+                         storage, earlier)  # fmt: skip
+    print(f"models: --keep-models {keep_models}; checkpoints in {storage}", file=out, flush=True)
+    if prior:
+        epochs = ", ".join(str(r[-1].get("epoch")) for r in list(prior.values())[:8])
+        print(
+            f"resume: {len(prior)} unfinished trial(s) continue from their last checkpoint "
+            f"(epoch {epochs}{', ...' if len(prior) > 8 else ''})",
+            file=out,
+            flush=True,
+        )
+    if len(nodes) > 1 and not is_uri(storage):
+        print(
+            f"note: storage_path {space.storage_path} is a local path: trials on other nodes "
+            "keep checkpoints only if it is a shared file system (else use a URI, see "
+            "docs/running.md)",
+            file=out,
+            flush=True,
+        )
+    return keeper, {tid: list(f) for tid, f in earlier.items()}, prior
+
+
+def _finish_checkpoints(keeper: Any, status: str, out: TextIO) -> None:
+    """End of a session: prune the kept models, drop the checkpoints of a finished
+    study, print what the run folder holds."""
+    from study.results import disk_used_text
+
+    try:
+        keeper.finalize(finished=status == "finished")
+        print(f"disk: {disk_used_text(keeper.tables.run_dir)}", file=out, flush=True)
+    except Exception as exc:  # noqa: BLE001 - the tables are safe; say what failed
+        print(f"warning: cleaning up checkpoints failed ({type(exc).__name__}: {exc})", file=out)
 
 
 def _status_counts(tables: RunTables, belongs) -> dict[str, int]:  # noqa: ANN001
@@ -961,16 +1148,16 @@ def _status_counts(tables: RunTables, belongs) -> dict[str, int]:  # noqa: ANN00
     return counts
 
 
-def _write_report(run_dir: Path, out: TextIO) -> Path | None:
-    """study.report.write_report(run_dir) when it is available; a failing report only
-    warns (the tables are already written)."""
+def _write_report(run_dir: Path, out: TextIO, alpha: float = 0.05) -> Path | None:
+    """study.report.write_report(run_dir) when it is available, then the verdict lines; a
+    failing report only warns (the tables are already written)."""
     try:
-        from study.report import write_report
+        from study.report import verdict_lines, write_report
     except ImportError as exc:
         print(f"warning: no report written (study.report unavailable: {exc})", file=out)
         return None
     try:
-        path = write_report(run_dir)
+        path = write_report(run_dir, alpha=alpha)
     except Exception as exc:  # the results are safe; the report can be rebuilt later
         print(
             f"warning: the report failed ({type(exc).__name__}: {exc}); the tables are "
@@ -979,5 +1166,7 @@ def _write_report(run_dir: Path, out: TextIO) -> Path | None:
             flush=True,
         )
         return None
+    for line in verdict_lines(run_dir):
+        print(line, file=out, flush=True)
     print(f"report: {path}", file=out, flush=True)
     return Path(path)

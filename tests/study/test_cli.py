@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -135,3 +136,17 @@ def test_report_only_rebuilds_the_report_of_a_copied_run(tmp_path, capsys):
     # a folder without tables is a user mistake
     assert main(["--report-only", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_report_only_prints_the_verdict_lines_at_the_chosen_alpha(tmp_path, capsys):
+    from study.report import make_synthetic_run
+
+    run = make_synthetic_run(tmp_path / "syn", datasets=("toy",), seeds=(0, 1))
+    assert main(["--report-only", str(run), "--alpha", "0.01"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("verdict toy/ae: "))
+    assert "studentised max-t" in line and "p " in line and "alpha 0.01" in line
+    table = pd.read_csv(run / "verdicts.csv")
+    assert set(table["alpha"]) == {0.01}
+    assert main(["--report-only", str(run), "--alpha", "1.5"]) == 2
+    assert "--alpha: expected a number in (0, 1), got 1.5" in capsys.readouterr().err
