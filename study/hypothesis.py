@@ -536,9 +536,9 @@ def _prepare(
     its trial ids."""
     keep = cols["completed"] & np.isfinite(cols["y"])
     note = refusal = ""
-    if varying and keep.any():
+    if varying and len(np.unique(cols["dims"][keep])) > 1:
         pos, note, refusal = _like_for_like(df.iloc[rows[keep]], varying)
-        sel = np.zeros(len(g), dtype=bool)
+        sel = np.zeros(len(rows), dtype=bool)
         sel[np.flatnonzero(keep)[pos]] = True
         keep = sel
     seeds = cols["seed"][keep]

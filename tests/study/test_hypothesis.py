@@ -101,6 +101,10 @@ def test_one_seed_without_scores_is_not_tested_and_says_why():
 def test_one_latent_dim_is_not_tested():
     (v,) = H.verdicts(_table(_inverted_u, dims=(8,)), **FAST)
     assert v.verdict == H.NOT_TESTED and "only one latent_dim" in v.over.reason
+    # also when a regulariser varies at that latent_dim (entropy.yaml)
+    df = _table(_inverted_u, dims=(64,)).assign(kl_weight=[1e-4, 1e-3, 1e-2])
+    (w,) = H.verdicts(df, **FAST)
+    assert w.over.reason == "only one latent_dim" and w.subset == ""
 
 
 def test_only_completed_trials_count_and_empty_strata_say_why():
