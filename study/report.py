@@ -55,7 +55,7 @@ from plotly.colors import get_colorscale, qualitative, sample_colorscale
 from plotly.offline import get_plotlyjs
 
 from study import hypothesis as H
-from study.results import MODEL_PARAM_ORDER
+from study.results import MODEL_PARAM_ORDER, disk_used_text
 
 __all__ = [
     "REPORT_FILE",
@@ -1454,6 +1454,7 @@ def _trial_points(study: Any) -> list[dict[str, Any]]:
     return points
 
 
+MIN_IMPORTANCE_TRIALS = 3  # completed trials below which fANOVA importances mean nothing
 _POINT_STYLE = {
     "completed": ("completed", dict(color="#0072B2", size=7, symbol="circle")),
     "stopped": (
@@ -1532,11 +1533,15 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
         done = [p for p in points if p["kind"] == "completed"]
         if done:
             y = [float(p["value"]) for p in done]
-            run_best = np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y)
+            run_best = list(np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y))
+            x = [p["number"] for p in done]
+            last = max(p["number"] for p in points)
+            if last > x[-1]:  # the best so far holds until the last trial
+                x, run_best = [*x, last], [*run_best, run_best[-1]]
             fig.add(
                 dict(
                     type="scatter",
-                    x=[p["number"] for p in done],
+                    x=x,
                     y=_arr(run_best),
                     mode="lines",
                     name="best completed so far",
@@ -1557,15 +1562,21 @@ def _optuna_figure(ctx: _Ctx) -> tuple[str, list[str]]:
         )
         fig.x(i, 1)["title"] = _title("trial number")
         fig.y(i, 1)["title"] = _title(f"objective ({label})")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                imp = get_param_importances(
-                    study, evaluator=FanovaImportanceEvaluator(seed=0, n_trees=32)
-                )
-        except Exception as exc:  # noqa: BLE001 - too few trials or one parameter
-            notes.append(f"{name}: parameter importances {NOT_AVAILABLE} ({exc})")
-            imp = {}
+        imp = {}
+        if counts["completed"] < MIN_IMPORTANCE_TRIALS:
+            notes.append(
+                f"{name}: parameter importances {NOT_AVAILABLE} ({counts['completed']} "
+                f"completed trial(s); fANOVA needs {MIN_IMPORTANCE_TRIALS})"
+            )
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    imp = get_param_importances(
+                        study, evaluator=FanovaImportanceEvaluator(seed=0, n_trees=32)
+                    )
+            except Exception as exc:  # noqa: BLE001 - e.g. one parameter
+                notes.append(f"{name}: parameter importances {NOT_AVAILABLE} ({exc})")
         if imp:
             keys = list(imp)[::-1]
             fig.add(
@@ -2172,6 +2183,7 @@ def _section_facts(ctx: _Ctx) -> None:
             if col in t.columns and t[col].notna().any():
                 vc = t[col].fillna("?").astype(str).value_counts()
                 facts[f"{col}s"] = ", ".join(f"{k} ({n})" for k, n in vc.items())
+        facts["disk used"] = disk_used_text(run.run_dir)  # models, checkpoints, tables
         parts.append("<h3>Trials and compute</h3>" + _kv_table(facts))
     if run.meta:
         scalars = {k: v for k, v in run.meta.items() if not isinstance(v, (dict, list))}

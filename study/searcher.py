@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import numbers
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -112,15 +113,20 @@ class StratifiedOptunaSearcher(Searcher):
 
     - ``done_counts``: trials per stratum key already finished (from the run's
       trials table on resume); only the rest are asked for.
-    - ``finished``: ``{trial_id: (status, objective value)}`` of the trials in the run's
-      table. Trials an interrupted run left RUNNING in optuna.db are told their value
-      when they are in the table, else marked FAIL.
+    - ``finished``: ``{trial_id: (status, objective value[, epochs done])}`` of the
+      trials in the run's table. Trials an interrupted run left RUNNING in optuna.db are
+      told their value when they are in the table (an early-stopped one PRUNED with its
+      last value at its last epoch), else marked FAIL.
     - ``metric`` / ``mode``: the objective (the scheduler's metric and mode).
 
-    Errored, diverged and non-finite trials are told FAIL, early-stopped ones PRUNED
-    (Optuna rejects NaN values). Each study's sampler is seeded from ``search.seed``,
-    the stratum's position and the number of trials the study already holds, so a
-    resumed run does not repeat the points drawn before it.
+    Every evaluation is reported to the trial's Optuna trial as an intermediate value at
+    its epoch (``trial.report``), the one the scheduler stopped it on included, so TPE
+    ranks early-stopped trials by how far they got and what they reached. Errored,
+    diverged and non-finite trials are told FAIL, early-stopped ones PRUNED (Optuna
+    gives a pruned trial its last intermediate value; it rejects NaN values). Each
+    study's sampler is seeded from ``search.seed``, the stratum's position and the
+    number of trials the study already holds, so a resumed run does not repeat the
+    points drawn before it.
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class StratifiedOptunaSearcher(Searcher):
         self._studies: dict[str, optuna.Study] = {}
         self._remaining: dict[str, int] = {}
         self._live: dict[str, tuple[str, optuna.trial.Trial]] = {}
+        self._reported: dict[str, set[int]] = {}  # epochs reported per live trial
         self._cursor = 0
         self.recovered: dict[str, int] = {"told": 0, "failed": 0}
         done_counts = dict(done_counts or {})
@@ -173,7 +180,7 @@ class StratifiedOptunaSearcher(Searcher):
         # Tune pickles its configuration for its own restore, which a study does not use
         # (it resumes from optuna.db); the open studies stay in this process.
         state = dict(self.__dict__)
-        state["_studies"], state["_live"] = {}, {}
+        state["_studies"], state["_live"], state["_reported"] = {}, {}, {}
         return state
 
     def study(self, stratum_key: str) -> optuna.Study:
@@ -190,12 +197,26 @@ class StratifiedOptunaSearcher(Searcher):
         for frozen in stale:
             tid = frozen.user_attrs.get("trial_id")
             if tid in finished:
-                status, value = finished[tid]
+                status, value, *epoch = finished[tid]
+                if status == "early-stopped" and epoch and frozen.last_step is None:
+                    self._report_last(study, frozen, value, epoch[0])
                 self._tell(study, frozen.number, status, value)
                 self.recovered["told"] += 1
             else:
                 study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
                 self.recovered["failed"] += 1
+
+    @staticmethod
+    def _report_last(study: optuna.Study, frozen: Any, value: Any, epoch: Any) -> None:
+        """The last evaluation of a trial an interrupted run left RUNNING, as its
+        intermediate value (so that it is not PRUNED without one)."""
+        finite = isinstance(value, numbers.Real) and math.isfinite(value)
+        if not (finite and isinstance(epoch, numbers.Real) and math.isfinite(epoch)):
+            return
+        try:  # Optuna has no public handle on an existing trial but its internal id
+            optuna.trial.Trial(study, frozen._trial_id).report(float(value), int(epoch))
+        except Exception as exc:
+            logger.warning("optuna: could not report an intermediate value: %s", exc)
 
     def _tell(self, study: optuna.Study, trial: Any, status: str, value: float | None) -> None:
         ok = value is not None and isinstance(value, (int, float)) and math.isfinite(value)
@@ -234,16 +255,29 @@ class StratifiedOptunaSearcher(Searcher):
         self._live[trial_id] = (stratum.key, trial)
         return config
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        entry = self._live.get(trial_id)
-        if entry is None or result.get(REPLACED_KEY):
+    def _report(self, trial_id: str, trial: optuna.trial.Trial, result: Mapping[str, Any]) -> None:
+        """Report the objective of one evaluation as an intermediate value at its epoch
+        (once per epoch; a replaced, non-finite objective is not reported)."""
+        if result.get(REPLACED_KEY):
             return
         value, step = result.get(self.metric), result.get("epoch")
-        if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(step, int):
-            try:
-                entry[1].report(float(value), step)
-            except Exception as exc:  # a storage hiccup must not stop the study
-                logger.warning("optuna: could not report an intermediate value: %s", exc)
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return
+        if not (isinstance(step, (int, float)) and float(step).is_integer() and step >= 0):
+            return
+        steps = self._reported.setdefault(trial_id, set())
+        if int(step) in steps:
+            return
+        steps.add(int(step))
+        try:
+            trial.report(float(value), int(step))
+        except Exception as exc:  # a storage hiccup must not stop the study
+            logger.warning("optuna: could not report an intermediate value: %s", exc)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        entry = self._live.get(trial_id)
+        if entry is not None:
+            self._report(trial_id, entry[1], result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:  # noqa: ANN001
         entry = self._live.pop(trial_id, None)
@@ -258,6 +292,11 @@ class StratifiedOptunaSearcher(Searcher):
             status, value = "early-stopped", None
         else:
             status, value = "completed", result.get(self.metric)
+        if result:
+            # Tune gives the searcher no result the scheduler stopped the trial on (its
+            # last, at a rung or at max_t): report it here, before the trial is told
+            self._report(trial_id, trial, result)
+        self._reported.pop(trial_id, None)
         try:
             self._tell(self._studies[key], trial, status, value)
         except Exception as exc:  # a storage hiccup must not stop the study

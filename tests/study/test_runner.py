@@ -310,8 +310,9 @@ def test_asha_counts_epochs_and_a_stopped_trial_is_early_stopped():
         "smoke",
         ["scheduler={type: asha, grace_period: 1, reduction_factor: 2}", "training.epochs=4"],
     )
-    scheduler = runner._scheduler(space)
-    assert scheduler._time_attr == "epoch" and scheduler._max_t == 4
+    scheduler = runner._scheduler(space)  # one ASHA per stratum (tests/study/test_scheduler.py)
+    assert scheduler.schedulers["phantom/ae"]._time_attr == "epoch"
+    assert scheduler.max_t("phantom/ae") == 4
     assert runner._scheduler(load_space("smoke")) is None
     assert trial_status([{"epoch": 2, "status": "running", "is_final": False}]) == "early-stopped"
     assert trial_status([{"epoch": 3, "status": "diverged", "is_final": True}]) == "diverged"
