@@ -1,0 +1,450 @@
+"""Fused trials: train K autoencoders of one shape as one module (horizontal fusion).
+
+A latent-dimension study trains many small models that differ only in ``latent_dim``
+and ``seed``. :func:`fit_many` stacks K such configurations into one module and trains
+them together; every member is the same computation as its own :func:`ae4ad.fit` run:
+
+- convolutions become grouped convolutions (``groups = K``), each BatchNorm one
+  BatchNorm over K x C channels (per-channel batch statistics are per member), the
+  dense bottleneck batched matrix products (``baddbmm``) over K weight matrices;
+- members with ``latent_dim`` below the widest one use a fixed zero mask on the latent
+  rows / columns, applied in the forward pass: the masked weights take no part and get
+  a zero gradient;
+- each member's initial weights are those of the separate model built with its own seed
+  (copied in), and each member draws its own batch order from its own generator;
+- the loss is the sum of the members' losses, so each member's gradient is that of its
+  own loss; Adam (with or without L2 weight decay) is elementwise, so one Adam over the
+  fused parameters is K Adams (all members step together, so their step counts agree);
+- a member whose loss becomes NaN or infinite is marked ``diverged`` (the same record
+  :func:`ae4ad.fit` yields), its weights and optimiser state are zeroed and its loss is
+  masked out; the others go on;
+- evaluation copies a member's weights back into a plain model and runs the evaluation
+  code of :func:`ae4ad.fit`, so records have the same keys and meaning.
+
+Results agree with separate runs up to floating-point summation order (grouped and
+batched kernels add in another order); ``tests/test_fused.py`` states the tolerance.
+
+Fusable models: ``ae`` and ``constrained_ae`` (any depth, width, image size). ``vae``,
+``ceae`` (random draws in training), ``memae`` (memory attention) and ``ae_spatial``
+are not fused; :func:`fusable` says why.
+
+Example:
+    >>> import ae4ad
+    >>> from ae4ad.fused import fit_many
+    >>> data = ae4ad.load_dataset("phantom", image_size=32, n_train=64, n_val=16,
+    ...                           n_test_normal=16, n_test_abnormal=16)
+    >>> base = {"model": "ae", "epochs": 2, "eval_every": 2, "batch_size": 16,
+    ...         "model_params": {"num_blocks": 3, "hidden_dim": 32}}
+    >>> configs = [base | {"seed": s, "model_params": base["model_params"] | {"latent_dim": d}}
+    ...            for s, d in [(0, 1), (1, 4), (0, 16)]]
+    >>> records = list(fit_many(configs, dataset=data))
+    >>> [(k, r["epoch"], r["status"], r["latent_size"]) for k, r in records]
+    [(0, 2, 'completed', 1), (1, 2, 'completed', 4), (2, 2, 'completed', 16)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ae4ad.data import AnomalyDataset, load_dataset
+from ae4ad.models import AE, ConstrainedAE, build_model
+from ae4ad.train import (
+    ConfigError,
+    TrainConfig,
+    _diverged_record,
+    _evaluate,
+    _NonFiniteOutput,
+    resolve_device,
+    seed_everything,
+)
+
+FUSED_MODELS = ("ae", "constrained_ae")
+"""Models :func:`fit_many` fuses."""
+
+# Config keys members may differ in; everything else must be equal.
+_MEMBER_KEYS = ("seed",)
+_MEMBER_MODEL_PARAMS = ("latent_dim",)
+
+
+def _as_config(config: dict | TrainConfig) -> TrainConfig:
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    cfg.validate()
+    return cfg
+
+
+def fusable(configs: Sequence[dict | TrainConfig]) -> str | None:
+    """Why ``configs`` cannot be trained as one fused bundle, or None when they can.
+
+    Example:
+        >>> fusable([{"model": "ae", "seed": 0}, {"model": "ae", "seed": 1}]) is None
+        True
+        >>> fusable([{"model": "ae", "lr": 1e-3}, {"model": "ae", "lr": 1e-2}])
+        'lr differs between members (0.001 vs 0.01); only seed and latent_dim may'
+    """
+    cfgs = [_as_config(c) for c in configs]
+    if not cfgs:
+        return "no configs"
+    first = cfgs[0]
+    if first.model not in FUSED_MODELS:
+        return f"model {first.model!r} is not fused; fused models: {', '.join(FUSED_MODELS)}"
+    shared = lambda c: {k: v for k, v in vars(c).items() if k not in _MEMBER_KEYS}  # noqa: E731
+    shape = lambda c: {  # noqa: E731
+        k: v for k, v in c.model_params.items() if k not in _MEMBER_MODEL_PARAMS
+    }
+    for cfg in cfgs[1:]:
+        a, b = shared(first), shared(cfg)
+        for key in a:
+            if key == "model_params":
+                pa, pb = shape(first), shape(cfg)
+                for p in sorted(set(pa) | set(pb)):
+                    if pa.get(p) != pb.get(p):
+                        return (
+                            f"model_params.{p} differs between members ({pa.get(p)!r} vs "
+                            f"{pb.get(p)!r}); only seed and latent_dim may"
+                        )
+            elif a[key] != b[key]:
+                return (
+                    f"{key} differs between members ({a[key]!r} vs {b[key]!r}); "
+                    "only seed and latent_dim may"
+                )
+    return None
+
+
+# --- the fused module --------------------------------------------------------------------
+
+
+class BatchedLinear(nn.Module):
+    """K linear layers as one: ``x`` is K x B x in, the result K x B x out.
+
+    Member k uses ``weight[k, :out_k, :in_k]`` and ``bias[k, :out_k]``; the rest is
+    multiplied by a fixed zero mask in the forward pass, so it takes no part and
+    gets no gradient.
+    """
+
+    def __init__(self, members: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        k = len(members)
+        n_out = max(m.out_features for m in members)
+        n_in = max(m.in_features for m in members)
+        weight = torch.zeros(k, n_out, n_in)
+        bias = torch.zeros(k, n_out)
+        mask = torch.zeros(k, n_out, n_in)
+        for i, m in enumerate(members):
+            weight[i, : m.out_features, : m.in_features] = m.weight.detach()
+            bias[i, : m.out_features] = m.bias.detach()
+            mask[i, : m.out_features, : m.in_features] = 1.0
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.masked = bool((mask == 0).any())
+        self.register_buffer("weight_mask", mask, persistent=False)
+        self.register_buffer("bias_mask", mask[:, :, 0].clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if self.masked:
+            weight, bias = weight * self.weight_mask, bias * self.bias_mask
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    def member_tensors(self, i: int, member: nn.Linear) -> dict[str, torch.Tensor]:
+        o, n = member.out_features, member.in_features
+        return {"weight": self.weight[i, :o, :n], "bias": self.bias[i, :o]}
+
+
+class BatchedBatchNorm1d(nn.BatchNorm1d):
+    """K BatchNorm1d layers as one BatchNorm1d over K x C features; ``x`` is K x B x C."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, b, c = x.shape
+        y = super().forward(x.transpose(0, 1).reshape(b, k * c))
+        return y.view(b, k, c).transpose(0, 1)
+
+
+def _stack_first(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Member tensors stacked along their first dimension (the grouped layout)."""
+    return torch.cat([t.detach() for t in tensors], dim=0).clone()
+
+
+def _fuse_layer(layers: Sequence[nn.Module]) -> nn.Module:
+    """One grouped / widened layer computing K members' ``layers`` side by side on
+    channel-stacked inputs (member k owns channels k*C ... (k+1)*C - 1)."""
+    first, k = layers[0], len(layers)
+    if isinstance(first, nn.Conv2d):
+        fused: nn.Module = nn.Conv2d(
+            k * first.in_channels, k * first.out_channels, first.kernel_size, first.stride,
+            first.padding, groups=k * first.groups, bias=first.bias is not None,
+        )  # fmt: skip
+    elif isinstance(first, nn.ConvTranspose2d):
+        fused = nn.ConvTranspose2d(
+            k * first.in_channels, k * first.out_channels, first.kernel_size, first.stride,
+            first.padding, groups=k * first.groups, bias=first.bias is not None,
+        )  # fmt: skip
+    elif isinstance(first, nn.BatchNorm2d):
+        fused = nn.BatchNorm2d(k * first.num_features, first.eps, first.momentum)
+    elif isinstance(first, nn.ReLU):
+        return nn.ReLU(inplace=first.inplace)
+    elif isinstance(first, nn.Sequential):
+        return nn.Sequential(*[_fuse_layer([m[i] for m in layers]) for i in range(len(first))])
+    else:
+        raise TypeError(f"cannot fuse a {type(first).__name__}")
+    with torch.no_grad():
+        for name, t in list(fused.named_parameters()) + list(fused.named_buffers()):
+            member = [getattr(m, name) for m in layers]
+            if name == "num_batches_tracked":
+                t.copy_(member[0])
+            else:
+                t.copy_(_stack_first(member))
+    return fused
+
+
+class FusedAE(nn.Module):
+    """K models of :class:`ae4ad.models.AE`'s shape (dense bottleneck) as one module.
+
+    ``forward(x)`` takes B x K x C x H x W (member k's batch at ``x[:, k]``) and returns
+    ``x_hat`` of the same shape and ``z`` K x B x D (D the widest latent; member k's
+    latent is ``z[k, :, :latent_dim_k]``, the rest is zero).
+
+    Example:
+        >>> import torch
+        >>> from ae4ad.models import build_model
+        >>> members = [build_model("ae", latent_dim=d, image_size=32, num_blocks=3,
+        ...                        hidden_dim=16) for d in (2, 8)]
+        >>> fused = FusedAE(members)
+        >>> out = fused(torch.zeros(4, 2, 1, 32, 32))
+        >>> tuple(out["x_hat"].shape), tuple(out["z"].shape)
+        ((4, 2, 1, 32, 32), (2, 4, 8))
+    """
+
+    def __init__(self, members: Sequence[AE]) -> None:
+        super().__init__()
+        first = members[0]
+        self.n_members = len(members)
+        self.latent_dims = [m.latent_dim for m in members]
+        self.feature_shape = first.feature_shape
+        self.encoder = _fuse_layer([m.encoder for m in members])
+        self.decoder = _fuse_layer([m.decoder for m in members])
+        self.to_latent = self._fuse_mlp([m.to_latent for m in members])
+        self.from_latent = self._fuse_mlp([m.from_latent for m in members])
+
+    @staticmethod
+    def _fuse_mlp(mlps: Sequence[nn.Sequential]) -> nn.Sequential:
+        bns = [m[1] for m in mlps]
+        bn = BatchedBatchNorm1d(len(mlps) * bns[0].num_features, bns[0].eps, bns[0].momentum)
+        with torch.no_grad():
+            for name, t in list(bn.named_parameters()) + list(bn.named_buffers()):
+                member = [getattr(b, name) for b in bns]
+                t.copy_(member[0] if name == "num_batches_tracked" else _stack_first(member))
+        return nn.Sequential(
+            BatchedLinear([m[0] for m in mlps]),
+            bn,
+            nn.ReLU(inplace=True),
+            BatchedLinear([m[3] for m in mlps]),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """B x K x C x H x W -> K x B x D."""
+        b, k = x.shape[:2]
+        h = self.encoder(x.reshape(b, k * x.shape[2], *x.shape[3:]))
+        return self.to_latent(h.view(b, k, -1).transpose(0, 1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """K x B x D -> B x K x C x H x W."""
+        k, b = z.shape[:2]
+        c, f, _ = self.feature_shape
+        h = self.from_latent(z).transpose(0, 1).reshape(b, k * c, f, f)
+        y = self.decoder(h)
+        return y.view(b, k, -1, *y.shape[2:])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        return {"x_hat": self.decode(z), "z": z}
+
+    def member_losses(self, x: torch.Tensor, model: AE) -> torch.Tensor:
+        """Each member's training loss (K values), as ``model.training_loss`` defines it."""
+        out = self(x)
+        losses = (out["x_hat"] - x).pow(2).mean(dim=(0, 2, 3, 4))
+        if isinstance(model, ConstrainedAE):
+            z_rec = self.encode(out["x_hat"])
+            widths = torch.tensor(self.latent_dims, dtype=losses.dtype, device=losses.device)
+            latent = (z_rec - out["z"]).pow(2).sum(dim=(1, 2)) / (widths * x.shape[0])
+            losses = losses + model.constraint_weight * latent
+        return losses
+
+    def member_state(self, i: int, template: AE) -> dict[str, torch.Tensor]:
+        """Member ``i``'s weights and buffers as a state dict of ``template``'s shape."""
+        k = self.n_members
+        state: dict[str, torch.Tensor] = {}
+        fused_modules = dict(self.named_modules())
+        for name, module in template.named_modules():
+            fused = fused_modules[name]
+            if isinstance(fused, BatchedLinear):
+                for key, t in fused.member_tensors(i, module).items():
+                    state[f"{name}.{key}"] = t
+                continue
+            if fused is self or list(fused.children()):
+                continue
+            for key, t in list(fused.named_parameters(recurse=False)) + list(
+                fused.named_buffers(recurse=False)
+            ):
+                if key == "num_batches_tracked":
+                    state[f"{name}.{key}"] = t
+                else:
+                    state[f"{name}.{key}"] = t.view(k, -1, *t.shape[1:])[i]
+        return state
+
+    @torch.no_grad()
+    def reset_member(self, i: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero member ``i``'s weights, buffers (running variance 1) and Adam state, so a
+        diverged member computes finite zeros and no longer moves."""
+        k = self.n_members
+        for module in self.modules():
+            if list(module.children()) and not isinstance(module, BatchedLinear):
+                continue
+            tensors = list(module.named_parameters(recurse=False))
+            tensors += list(module.named_buffers(recurse=False))
+            for key, t in tensors:
+                if key in ("num_batches_tracked", "weight_mask", "bias_mask"):
+                    continue
+                batched = isinstance(module, BatchedLinear)
+                member = (lambda x: x[i]) if batched else (lambda x: x.view(k, -1)[i])  # noqa: E731
+                member(t).fill_(1.0 if key == "running_var" else 0.0)
+                if optimizer is not None and isinstance(t, nn.Parameter):
+                    for s in optimizer.state.get(t, {}).values():
+                        if isinstance(s, torch.Tensor) and s.shape == t.shape:
+                            member(s).zero_()
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def fit_many(
+    configs: Sequence[dict | TrainConfig], dataset: AnomalyDataset | None = None
+) -> Iterator[tuple[int, dict]]:
+    """Train K configs that differ only in ``seed`` and ``model_params.latent_dim`` as one
+    fused module; yield ``(member_index, record)`` pairs, with the records
+    :func:`ae4ad.fit` yields for that member (the same keys and, up to floating-point
+    summation order, the same values).
+
+    At every evaluation epoch the members' records come in member order; a member that
+    diverges yields its ``diverged`` record and nothing after it, while the others go on.
+    Timings are the bundle's: ``train_time_s`` is the bundle's training time and
+    ``images_per_s`` the member's images over it (their sum is the bundle's throughput).
+
+    Raises :class:`ae4ad.ConfigError` when the configs cannot be fused (see
+    :func:`fusable`). Checkpoints (``state_out`` / ``start_state`` of ``fit``) are not
+    supported here.
+    """
+    cfgs = [_as_config(c) for c in configs]
+    reason = fusable(cfgs)
+    if reason is not None:
+        raise ConfigError(f"fit_many: {reason}")
+    cfg0 = cfgs[0]
+    if cfg0.threads:
+        torch.set_num_threads(int(cfg0.threads))
+    device = resolve_device(cfg0.device)
+    data = dataset if dataset is not None else load_dataset(cfg0.dataset, **cfg0.dataset_params)
+
+    # Each member as fit builds it: seed everything, then build (initial weights).
+    members, generators = [], []
+    for cfg in cfgs:
+        generators.append(seed_everything(cfg.seed))
+        params = {"image_size": data.image_size, "in_channels": data.in_channels}
+        params.update(cfg.model_params)
+        members.append(build_model(cfg.model, **params))
+    model = FusedAE(members).to(device)
+    memory_format = torch.preserve_format
+    if cfg0.channels_last and device.type == "cuda":
+        memory_format = torch.channels_last
+        model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg0.lr, weight_decay=cfg0.weight_decay)
+    use_bf16 = cfg0.bf16 and device.type == "cuda"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    k = len(cfgs)
+    train = data.train.to(device)
+    n = len(train)
+    batch = min(cfg0.batch_size, n)
+    n_batches = max(1, n // batch)  # drop the ragged last batch, as fit does
+    active = torch.ones(k, dtype=torch.bool, device=device)
+    alive = list(range(k))
+    bases = [
+        {"device": str(device), "n_parameters": sum(p.numel() for p in m.parameters())}
+        for m in members
+    ]
+    started = time.perf_counter()
+    train_time, images_seen = 0.0, 0
+
+    for epoch in range(1, cfg0.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        # member k's batch order from member k's generator, as in its own fit
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+        epoch_loss = torch.zeros(k, device=device)
+        for b in range(n_batches):
+            idx = orders[:, b * batch : (b + 1) * batch].t()  # B x K
+            x = train[idx]  # B x K x C x H x W
+            with autocast():
+                losses = model.member_losses(x, members[0])
+            loss = torch.where(active, losses, torch.zeros_like(losses)).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += losses.detach().float()
+        mean_losses = (epoch_loss / n_batches).tolist()
+        train_time += time.perf_counter() - t0
+        images_seen += n_batches * batch
+
+        evaluate = epoch % cfg0.eval_every == 0 or epoch == cfg0.epochs
+        for i in list(alive):
+            if not math.isfinite(mean_losses[i]):
+                record = _diverged_record(epoch, mean_losses[i], started, train_time, images_seen)
+                yield i, {**bases[i], **record}
+                _drop(i, model, optimizer, active, alive)
+                continue
+            if not evaluate:
+                continue
+            is_final = epoch == cfg0.epochs
+            record = {
+                "epoch": epoch,
+                "status": "completed" if is_final else "running",
+                "is_final": is_final,
+                "train_loss": mean_losses[i],
+                "train_time_s": train_time,
+                "images_per_s": images_seen / train_time if train_time > 0 else float("nan"),
+            }
+            member = members[i].to(device)
+            member.load_state_dict(model.member_state(i, member))
+            try:
+                record.update(_evaluate(member, data, cfgs[i], device, autocast, is_final))
+            except _NonFiniteOutput as exc:
+                record = _diverged_record(epoch, mean_losses[i], started, train_time, images_seen)
+                record["error"] = str(exc)
+                yield i, {**bases[i], **record}
+                _drop(i, model, optimizer, active, alive)
+                continue
+            record["elapsed_s"] = time.perf_counter() - started
+            yield i, {**bases[i], **record}
+        if not alive:
+            return
+
+
+def _drop(
+    i: int,
+    model: FusedAE,
+    optimizer: torch.optim.Optimizer,
+    active: torch.Tensor,
+    alive: list[int],
+) -> None:
+    """Mask member ``i`` out of the loss and zero it (weights and Adam state)."""
+    active[i] = False
+    alive.remove(i)
+    model.reset_member(i, optimizer)
