@@ -14,6 +14,7 @@ Example:
 from ae4ad.data import DATA_SOURCES, AnomalyDataset, DataError, load_dataset
 from ae4ad.models import MODEL_PARAMS, MODELS, ModelError, build_model, count_parameters
 from ae4ad.train import ConfigError, TrainConfig, fit
+from ae4ad.trained import Preprocessing, TrainedModel, TrainedModelError, load_trained
 
 __version__ = "0.1.0"
 
@@ -25,9 +26,13 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ModelError",
+    "Preprocessing",
     "TrainConfig",
+    "TrainedModel",
+    "TrainedModelError",
     "build_model",
     "count_parameters",
     "fit",
     "load_dataset",
+    "load_trained",
 ]

@@ -6,6 +6,9 @@
 - ``history.parquet``: one row per evaluation of every trial.
 - ``scores.parquet``: the per-image test scores and labels of every trial.
 - ``examples.json``: a few test images with reconstructions and anomaly maps per trial.
+- ``models/<trial_id>.pt``: the final model of the trials ``--keep-models`` keeps
+  (:mod:`ae4ad.trained`); ``checkpoint_path`` (relative to the run folder) and
+  ``checkpoint_epoch`` in trials.parquet index them (None where no model is kept).
 - ``space.yaml``: the resolved space; ``meta.json``: versions, git revision, timestamps
   and the run's status.
 
@@ -59,6 +62,8 @@ __all__ = [
     "TrialTiming",
     "atomic_write_bytes",
     "atomic_write_text",
+    "disk_used",
+    "format_bytes",
     "git_revision",
     "has_results",
     "history_rows",
@@ -151,6 +156,8 @@ RUN_COLUMNS = (
     "node_ip",
     "node_id",
     "session",
+    "checkpoint_path",
+    "checkpoint_epoch",
 )
 # Keys of a trial config that are not columns of their own (or are renamed).
 _CONFIG_SKIP = {
@@ -360,6 +367,8 @@ def trial_row(
     row["node_ip"] = timing.node_ip
     row["node_id"] = timing.node_id
     row["session"] = timing.session
+    row["checkpoint_path"] = None  # set by the run when it keeps the trial's model
+    row["checkpoint_epoch"] = None
     for key, value in last.items():
         if key not in _RECORD_SKIP and key not in row and _is_scalar(value):
             row[key] = value
@@ -453,6 +462,19 @@ class RunTables:
 
     def rows(self) -> list[dict[str, Any]]:
         return list(self._trials.values())
+
+    def get(self, trial_id: str) -> dict[str, Any] | None:
+        """The row of one trial, or None."""
+        return self._trials.get(trial_id)
+
+    def set_values(self, trial_id: str, **values: Any) -> None:
+        """Change columns of one trial's row (e.g. ``checkpoint_path``)."""
+        row = self._trials.get(trial_id)
+        if row is None:
+            return
+        if any(row.get(k) != v for k, v in values.items()):
+            row.update(values)
+            self._dirty = True
 
     def count_by(self, column: str) -> dict[Any, int]:
         """Number of rows per value of ``column`` (e.g. ``stratum``)."""
@@ -576,6 +598,59 @@ def has_results(run_dir: Path) -> bool:
     """Whether a run folder already holds at least one finished trial."""
     trials = read_trials(run_dir)
     return trials is not None and len(trials) > 0
+
+
+# --------------------------------------------------------------------------- disk use
+
+
+def format_bytes(n: float) -> str:
+    """Bytes as a short readable size (1000-based units).
+
+    >>> format_bytes(0), format_bytes(1234567)
+    ('0 B', '1.2 MB')
+    """
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"
+
+
+def disk_used(run_dir: Path) -> dict[str, int]:
+    """Bytes a run folder uses: ``total``, ``models`` (kept models, ``models_count``
+    files), ``checkpoints`` (Tune's folder ``tune/``: checkpoints of unfinished trials
+    and Tune's own files) and ``tables`` (everything else)."""
+    run_dir = Path(run_dir)
+    out = {"total": 0, "models": 0, "models_count": 0, "checkpoints": 0, "tables": 0}
+    if not run_dir.is_dir():
+        return out
+    for path in run_dir.rglob("*"):
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            size = path.stat().st_size
+        except OSError:
+            continue
+        top = path.relative_to(run_dir).parts[0]
+        out["total"] += size
+        if top == "models" and path.suffix == ".pt":
+            out["models"] += size
+            out["models_count"] += 1
+        elif top == "tune":
+            out["checkpoints"] += size
+        else:
+            out["tables"] += size
+    return out
+
+
+def disk_used_text(run_dir: Path) -> str:
+    """:func:`disk_used` as one line, e.g. ``4.1 MB (models 3.2 MB in 16 files, ...)``."""
+    d = disk_used(run_dir)
+    return (
+        f"{format_bytes(d['total'])} (models {format_bytes(d['models'])} in "
+        f"{d['models_count']} file{'s' if d['models_count'] != 1 else ''}, checkpoints "
+        f"{format_bytes(d['checkpoints'])}, tables and report {format_bytes(d['tables'])})"
+    )
 
 
 # --------------------------------------------------------------------------- meta.json
