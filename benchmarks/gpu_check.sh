@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 5 minutes on one GPU): training images/s of the paper AE
+# One prepared GPU check (about 6 minutes on one GPU): training images/s of the paper AE
 # (64x64, batch 64, synthetic tensors) with 1, 4 and 8 processes sharing the GPU, with and
 # without bf16 autocast and torch.compile. Prints a table.
 # Usage, from the repository root with the project installed: bash benchmarks/gpu_check.sh
@@ -15,3 +15,8 @@ for procs in 1 4 8; do
     done
   done
 done
+# Fused trials (ae4ad.fused.FusedAE): K paper AEs (latent_dim cycling 1..128) as one grouped
+# module, K = 1, 8, 32, fp32, against the processes above (total img/s).
+echo "fused: K paper AEs in one module (fp32), total img/s"
+timeout 240 python benchmarks/fused_throughput.py --device cuda --models paper --ks 1 8 32 \
+  --threads 1 --no-separate --seconds "$SECONDS_PER_RUN" || echo "fused run failed or timed out"
