@@ -12,6 +12,7 @@ Example:
 """
 
 from ae4ad.data import DATA_SOURCES, AnomalyDataset, DataError, load_dataset
+from ae4ad.fused import fit_many
 from ae4ad.models import MODEL_PARAMS, MODELS, ModelError, build_model, count_parameters
 from ae4ad.train import ConfigError, TrainConfig, fit
 from ae4ad.trained import Preprocessing, TrainedModel, TrainedModelError, load_trained
@@ -33,6 +34,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "fit",
+    "fit_many",
     "load_dataset",
     "load_trained",
 ]
