@@ -2262,7 +2262,7 @@ footer { text-align:center; color:var(--muted); font-size:12.5px; padding:10px 0
 
 def render_report(run: RunData, **options: Any) -> tuple[str, int]:
     """The report's HTML and its number of figures (options as :func:`_render`)."""
-    doc, n_figures, _ = _render(run, **options)
+    doc, n_figures, _ctx = _render(run, **options)
     return doc, n_figures
 
 
@@ -2275,11 +2275,11 @@ def _render(
     n_sim: int = 10000,
     alpha: float = 0.05,
     validate: bool = False,
-) -> tuple[str, int, list[H.StratumVerdict]]:
-    """The report's HTML, its number of figures and the verdicts. ``alpha`` is the level of the
-    verdicts; ``n_sim`` the null draws of the max-t tests (and permutations of the
-    fixed-latent_dim test); ``validate=True`` checks every figure against Plotly's schema
-    (slower; for tests)."""
+) -> tuple[str, int, _Ctx]:
+    """The report's HTML, its number of figures and its context (verdicts, tests).
+    ``alpha`` is the level of the verdicts; ``n_sim`` the null draws of the max-t tests
+    (and permutations of the fixed-latent_dim test); ``validate=True`` checks every figure
+    against Plotly's schema (slower; for tests)."""
     page = _Page(validate=validate)
     trials = run.trials if run.trials is not None else pd.DataFrame()
     all_trials = trials.copy()
@@ -2388,7 +2388,7 @@ strat{"um" if n_strata == 1 else "a"}{(" · " + when) if when else ""}</p></head
 {time.strftime("%Y-%m-%d %H:%M:%S")}</footer>
 </body></html>
 """
-    return doc, page.n_figures, verdict_list
+    return doc, page.n_figures, ctx
 
 
 def write_report(
@@ -2418,13 +2418,14 @@ def write_report(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
     run = load_run(run_dir)
-    doc, _, verdict_list = _render(
+    doc, _, ctx = _render(
         run, entropy_col=entropy_col, max_curves=max_curves, n_boot=n_boot, n_sim=n_sim,
         alpha=alpha,
     )  # fmt: skip
     out = run.run_dir / REPORT_FILE
     _atomic_write(out, doc)
-    _atomic_write(run.run_dir / VERDICTS_FILE, H.verdicts_table(verdict_list).to_csv(index=False))
+    table = H.verdicts_table(ctx.verdicts, ctx.fixed, alpha)
+    _atomic_write(run.run_dir / VERDICTS_FILE, table.to_csv(index=False))
     return out
 
 
@@ -2438,6 +2439,13 @@ def verdict_lines(run_dir: Path | str) -> list[str]:
         return []
     table = pd.read_csv(path)
     lines = []
+    for _, r in table[table["branch"] == "fixed latent_dim"].iterrows():
+        p = "" if pd.isna(r["p_value"]) else f", p {H.format_p_clause(float(r['p_value']))}"
+        rho = "" if pd.isna(r["effect"]) else f", rho = {float(r['effect']):+.2f}"
+        lines.append(
+            f"entropy at fixed latent_dim, {r['dataset']}: {r['verdict']} ({r['test']}{rho}"
+            f"{p}, n = {int(r['n_trials'])}; {r['reason']})"
+        )
     for _, r in table[table["branch"] == "over-capacity"].iterrows():
         if r["verdict"] == H.NOT_TESTED:
             lines.append(f"verdict {r['stratum']}: not tested ({r['reason']})")

@@ -27,6 +27,7 @@ from study.hypothesis.records import (
     UNDER_TEST,
     CapacityTest,
     Correlation,
+    FixedDimTest,
     LatentDimPrediction,
     StratumVerdict,
     Uncertainty,
@@ -495,8 +496,13 @@ def _assemble(
 # ----------------------------------------------------------------------------- tables
 
 
-def verdicts_table(items: list[StratumVerdict]) -> pd.DataFrame:
-    """The verdicts as a flat table (one row per stratum and branch), e.g. for CSV export."""
+def verdicts_table(
+    items: list[StratumVerdict], fixed: Sequence[FixedDimTest] = (), alpha: float = math.nan
+) -> pd.DataFrame:
+    """The verdicts as a flat table, e.g. for CSV export: one row per stratum and branch
+    (over- and under-capacity), then one per data set for the fixed-latent_dim tests
+    (branch ``fixed latent_dim``, ``effect`` = the within-latent_dim rho; ``alpha`` is
+    their level)."""
     rows = []
     for v in items:
         for t in (v.over, v.under):
@@ -527,4 +533,12 @@ def verdicts_table(items: list[StratumVerdict]) -> pd.DataFrame:
                     reason=t.reason,
                 )  # fmt: skip
             )
+    for f in fixed:
+        rows.append(
+            dict(
+                stratum=f.dataset, dataset=f.dataset, metric=f.metric, alpha=alpha,
+                branch="fixed latent_dim", test=f.name, verdict=f.verdict, p_value=f.p_value,
+                p_adjusted=f.p_adjusted, effect=f.rho, n_trials=f.n, reason=f.reason,
+            )  # fmt: skip
+        )
     return pd.DataFrame(rows)
