@@ -146,6 +146,7 @@ def test_report_only_prints_the_verdict_lines_at_the_chosen_alpha(tmp_path, caps
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("verdict toy/ae: "))
     assert "studentised max-t" in line and "p " in line and "alpha 0.01" in line
+    assert "entropy at fixed latent_dim, toy: " in out and "stratified permutation" in out
     table = pd.read_csv(run / "verdicts.csv")
     assert set(table["alpha"]) == {0.01}
     assert main(["--report-only", str(run), "--alpha", "1.5"]) == 2
