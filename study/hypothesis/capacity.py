@@ -146,7 +146,8 @@ def _like_for_like(g: pd.DataFrame, varying: list[str]) -> tuple[np.ndarray, str
         refusal = (
             f"latent_dim varies together with {names}: no like-for-like subset with 2 or "
             "more latent_dims and a repeated one; a grid over latent_dim (with seeds) is "
-            "needed to test the hypothesis"
+            "needed to test the hypothesis (the report's search diagnostics show how the "
+            "search's objective depends on latent_dim)"
         )
         return pos, "", refusal
     first = g.iloc[pos[0]]
