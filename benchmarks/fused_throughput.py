@@ -8,15 +8,21 @@ fused: one step of the fused module. Prints images/s of each and the ratio.
 Models: the latent.yaml AE (32 px, base_width 8, hidden_dim 256, num_blocks 3, batch
 32) and the paper's AE (64 px, base_width 16, hidden_dim 1024, num_blocks 4, batch 64).
 
+With ``--end-to-end-epochs N`` it also times latent.yaml's 16 trials (N epochs each)
+through the library, ``fit`` one after another vs ``fit_many``, evaluation included.
+
 Usage:
-    python benchmarks/fused_throughput.py [--ks 4 8 16] [--threads 1 2] [--seconds 4]
+    python benchmarks/fused_throughput.py [--ks 4 8 16] [--threads 1 2] [--seconds 3] [--repeats 3]
+        [--end-to-end-epochs 5]
     python benchmarks/fused_throughput.py --device cuda --ks 1 8 32 --models paper  # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +56,8 @@ def _timed(step, seconds: float, device: torch.device, warmup: int = 3) -> tuple
     return steps, time.perf_counter() - t0
 
 
-def separate(params: dict, batch: int, k: int, seconds: float, device: torch.device) -> float:
-    """Images/s of K separate models, each stepping on its own batch."""
+def separate(params: dict, batch: int, k: int, device: torch.device) -> Callable[[], None]:
+    """One training step of K separate models, each on its own batch."""
     models = [
         build_model("ae", latent_dim=LATENT_DIMS[i % 8], **params).to(device) for i in range(k)
     ]
@@ -66,12 +72,11 @@ def separate(params: dict, batch: int, k: int, seconds: float, device: torch.dev
             loss.backward()
             opt.step()
 
-    steps, elapsed = _timed(step, seconds, device)
-    return steps * k * batch / elapsed
+    return step
 
 
-def fused(params: dict, batch: int, k: int, seconds: float, device: torch.device) -> float:
-    """Images/s of the same K models fused into one module."""
+def fused(params: dict, batch: int, k: int, device: torch.device) -> Callable[[], None]:
+    """One training step of the same K models fused into one module."""
     models = [build_model("ae", latent_dim=LATENT_DIMS[i % 8], **params) for i in range(k)]
     model = FusedAE(models).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -84,15 +89,61 @@ def fused(params: dict, batch: int, k: int, seconds: float, device: torch.device
         loss.backward()
         opt.step()
 
+    return step
+
+
+def images_per_s(step: Callable[[], None], images: int, seconds: float, device) -> float:
     steps, elapsed = _timed(step, seconds, device)
-    return steps * k * batch / elapsed
+    return steps * images / elapsed
+
+
+def end_to_end(epochs: int, threads: int) -> None:
+    """latent.yaml's 16 trials (latent_dim 1..128 x seeds 0, 1) at ``epochs`` epochs through
+    the library: ``fit`` one after another vs ``fit_many`` (one bundle of 16; two bundles
+    of 8 grouped by latent_dim, which masks less). Wall time including evaluation."""
+    import yaml
+
+    import ae4ad
+    from ae4ad.fused import fit_many
+
+    with open("search_spaces/latent.yaml", encoding="utf-8") as f:
+        space = yaml.safe_load(f)
+    data = ae4ad.load_dataset("phantom", **space["datasets"][0]["params"])
+    params = dict(space["models"][0]["params"])
+    dims = params.pop("latent_dim")
+    training = {k: v for k, v in space["training"].items() if k != "eval_every"}
+    base = {**training, "epochs": epochs, "eval_every": epochs, "threads": threads}
+    configs = [
+        {**base, "seed": seed, "model_params": {**params, "latent_dim": d}}
+        for d in dims
+        for seed in space["seeds"]
+    ]
+    t0 = time.perf_counter()
+    for config in configs:
+        for _ in ae4ad.fit(config, dataset=data):
+            pass
+    sequential = time.perf_counter() - t0
+    runs = {"one bundle of 16": [configs], "two bundles of 8": [configs[:8], configs[8:]]}
+    for label, bundles in runs.items():
+        t0 = time.perf_counter()
+        for bundle in bundles:
+            for _ in fit_many(bundle, dataset=data):
+                pass
+        fused = time.perf_counter() - t0
+        print(
+            f"latent.yaml 16 trials x {epochs} epochs, {threads} thread(s): fit one after "
+            f"another {sequential:.1f} s, fit_many {label} {fused:.1f} s, "
+            f"ratio {sequential / fused:.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per figure")
     parser.add_argument(
         "--models", nargs="+", choices=["latent", "paper"], default=["latent", "paper"]
     )
@@ -100,9 +151,20 @@ def main() -> None:
     parser.add_argument(
         "--no-separate", action="store_true", help="fused figures only (separate: nan)"
     )
+    parser.add_argument(
+        "--end-to-end-epochs",
+        type=int,
+        default=0,
+        help="also time latent.yaml's 16 trials at this many epochs, fit vs fit_many (0: skip)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"{'model':24s} {'threads':>7s} {'K':>3s} {'separate':>10s} {'fused':>10s} {'ratio':>6s}")
+    print(
+        f"images/s, best of {args.repeats} interleaved {args.seconds:g} s runs; "
+        "ratio = fused / separate (of the best runs, and of the medians)"
+    )
+    header = ("model", "threads", "K", "separate", "fused", "ratio", "median")
+    print("{:24s} {:>7s} {:>3s} {:>10s} {:>10s} {:>6s} {:>6s}".format(*header))
     for key in args.models:
         name = next(n for n in MODELS if n.startswith(key))
         params, batch = MODELS[name]
@@ -110,13 +172,23 @@ def main() -> None:
             torch.set_num_threads(threads)
             for k in args.ks:
                 torch.manual_seed(0)
-                a = float("nan")
-                if not args.no_separate:
-                    a = separate(params, batch, k, args.seconds, device)
-                b = fused(params, batch, k, args.seconds, device)
+                sep = separate(params, batch, k, device) if not args.no_separate else None
+                fus = fused(params, batch, k, device)
+                a_runs, b_runs = [], []
+                for _ in range(args.repeats):  # interleaved: load changes hit both sides
+                    if sep is not None:
+                        a_runs.append(images_per_s(sep, k * batch, args.seconds, device))
+                    b_runs.append(images_per_s(fus, k * batch, args.seconds, device))
+                a = max(a_runs) if a_runs else float("nan")
+                b = max(b_runs)
+                med = statistics.median(b_runs) / statistics.median(a_runs) if a_runs else b / a
                 print(
-                    f"{name:24s} {threads:7d} {k:3d} {a:10.0f} {b:10.0f} {b / a:6.2f}", flush=True
+                    f"{name:24s} {threads:7d} {k:3d} {a:10.0f} {b:10.0f} {b / a:6.2f} {med:6.2f}",
+                    flush=True,
                 )
+    if args.end_to_end_epochs:
+        for threads in args.threads:
+            end_to_end(args.end_to_end_epochs, threads)
 
 
 if __name__ == "__main__":

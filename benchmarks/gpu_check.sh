@@ -19,4 +19,4 @@ done
 # module, K = 1, 8, 32, fp32, against the processes above (total img/s).
 echo "fused: K paper AEs in one module (fp32), total img/s"
 timeout 240 python benchmarks/fused_throughput.py --device cuda --models paper --ks 1 8 32 \
-  --threads 1 --no-separate --seconds "$SECONDS_PER_RUN" || echo "fused run failed or timed out"
+  --threads 1 --no-separate --repeats 1 --seconds "$SECONDS_PER_RUN" || echo "fused run failed or timed out"
