@@ -78,7 +78,7 @@ def assert_same_numbers(row: dict, clean: dict) -> None:
         assert a == pytest.approx(b, abs=TOLERANCE, rel=0), key
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_session():
     runner.prepare_environment(local=True)
     import ray
