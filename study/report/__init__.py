@@ -70,7 +70,7 @@ __all__ = [
 REPORT_FILE = "report.html"
 VERDICTS_FILE = "verdicts.csv"
 FINISHED_STATUSES = ("completed", "errored", "early-stopped", "diverged")
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 
 ENTROPY_LABELS: dict[str, str] = {
     "latent_entropy_gaussian": "Gaussian latent entropy (nats, scale-free)",
