@@ -31,7 +31,7 @@ from study.space import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["latent", "smoke", "paper", "methods", "optuna"]
+SHIPPED = ["latent", "smoke", "paper", "methods", "optuna", "entropy"]
 MEDIANOMALY_SETS = ["RSNA", "VinCXR", "BrainTumor", "BraTS2021"]
 
 BASE = {
@@ -332,7 +332,58 @@ MALFORMED = [
     (
         "erase-fraction-one",
         setter("models[0]", {"name": "ceae", "params": {"erase_fraction": 1.0}}),
-        "models[0].params.erase_fraction: expected a number in [0, 1), got 1.0",
+        "models[0].params.erase_fraction: expected a number in (0, 1), got 1.0",
+    ),
+    (
+        "encoder-depth-zero",  # depth 1 means no extra layers; the model refuses 0
+        setter("models[0].params.encoder_depth", 0),
+        "models[0].params.encoder_depth: expected a positive integer, got 0",
+    ),
+    (
+        "storage-unknown-scheme",
+        setter("storage_path", "ftp://host/runs"),
+        "storage_path: unknown URI scheme 'ftp' (allowed: s3, gs, gcs, hdfs, viewfs, abfs, "
+        "abfss, file), got 'ftp://host/runs'",
+    ),
+    (
+        "storage-relative-file-uri",
+        setter("storage_path", "file://runs"),
+        "storage_path: a file URI names an absolute local folder: file:///path, got 'file://runs'",
+    ),
+    (
+        "storage-uri-without-bucket",
+        setter("storage_path", "s3:///runs"),
+        "storage_path: expected s3://<bucket or host>/<path>, got 's3:///runs'",
+    ),
+    (
+        "resources-not-mapping",
+        setter("resources", [1]),
+        "resources: expected a mapping of resource settings, got [1]",
+    ),
+    (
+        "custom-resource-negative",
+        setter("resources", {"custom": {"tpu": -1}}),
+        "resources.custom.tpu: expected a number >= 0, got -1",
+    ),
+    (
+        "max-concurrent-zero",
+        setter("resources", {"max_concurrent_trials": 0}),
+        "resources.max_concurrent_trials: expected a positive integer or null, got 0",
+    ),
+    (
+        "mode-unknown",
+        setter("scheduler", {"mode": "up"}),
+        "scheduler.mode: expected max or min, got 'up'",
+    ),
+    (
+        "dataset-not-mapping",
+        setter("datasets", ["phantom"]),
+        "datasets[0]: expected a mapping with name (and label, params), got 'phantom'",
+    ),
+    (
+        "typo-reported-before-the-key-it-hides",  # not "datasets: missing"
+        lambda d: d.update(dataset=d.pop("datasets")),
+        "dataset: unknown key; did you mean 'datasets'?",
     ),
     (
         "model-image-size",
@@ -523,6 +574,55 @@ def test_a_list_is_one_fixed_value_where_the_loader_takes_a_sequence(tmp_path, m
     assert str(err.value).startswith(
         "bad.yaml: datasets[0].params.intrinsic_dim: data sets are built once"
     )
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [
+        ("auc", "max"),
+        ("val_auc", "max"),
+        ("val_ap", "max"),
+        ("recon_error_val_normal", "min"),
+        ("train_loss", "min"),
+        ("mean_score_normal", "min"),
+        ("mean_score_abnormal", "max"),
+    ],
+)
+def test_scheduler_mode_defaults_to_the_metric_registry_direction(tmp_path, metric, mode):
+    from ae4ad.metrics import direction
+
+    space = load_space(str(write(tmp_path, mutated(setter("scheduler", {"metric": metric})))))
+    assert space.scheduler.mode == mode == direction(metric)
+
+
+def test_scheduler_accepts_every_registered_objective_and_nothing_else(tmp_path):
+    from ae4ad.metrics import OBJECTIVES
+
+    for metric in OBJECTIVES:
+        data = mutated(setter("scheduler", {"type": "asha", "metric": metric}))
+        assert load_space(str(write(tmp_path, data))).scheduler.metric == metric
+    data = mutated(setter("scheduler", {"metric": "dice_threshold"}))
+    with pytest.raises(SpaceError, match=r"scheduler\.metric: unknown metric \("):
+        load_space(str(write(tmp_path, data)))
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/ae4ad/runs", "gs://bucket/runs", "abfss://container@acct/runs"]
+)
+def test_storage_path_takes_a_uri_ray_tune_takes(tmp_path, uri):
+    space = load_space(str(write(tmp_path, mutated(setter("storage_path", uri + "/")))))
+    assert space.storage_path == uri and space.storage_is_uri
+    assert space.to_dict()["storage_path"] == uri
+    assert space.run_dir == Path.cwd().resolve() / "runs" / "t"  # the driver's tables
+    again = validate_space(yaml.safe_load(yaml.safe_dump(space.to_dict())))
+    assert again.storage_path == uri
+
+
+def test_storage_path_file_uri_is_a_local_folder(tmp_path):
+    uri = f"file://{tmp_path}/shared"
+    space = load_space(str(write(tmp_path, mutated(setter("storage_path", uri)))))
+    assert space.storage_path == tmp_path / "shared" and not space.storage_is_uri
+    assert space.run_dir == tmp_path / "shared" / "t"
 
 
 def test_medianomaly_env_folder_must_exist(tmp_path, monkeypatch):
@@ -794,6 +894,26 @@ def test_trial_id_ignores_device_and_threads_but_not_training_values():
     assert trial_id({**config, "seed": 1}) != base
 
 
+def test_shipped_spaces_are_package_data_of_study():
+    from importlib.resources import files
+
+    from study.space import shipped_spaces_dir
+
+    shipped = shipped_spaces_dir()
+    assert shipped == Path(str(files("study") / "spaces"))
+    for name in SHIPPED:
+        assert (shipped / f"{name}.yaml").resolve() == REPO / "search_spaces" / f"{name}.yaml"
+
+
+def test_bare_names_are_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_space_path("smoke") == REPO / "search_spaces" / "smoke.yaml"
+    # a user's own ./search_spaces/ comes first
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "search_spaces" / "smoke.yaml").write_text("name: mine\n")
+    assert resolve_space_path("smoke") == tmp_path / "search_spaces" / "smoke.yaml"
+
+
 def test_resolve_space_path_finds_bare_names_and_lists_what_exists():
     assert resolve_space_path("latent") == REPO / "search_spaces" / "latent.yaml"
     assert resolve_space_path("optuna.yaml") == REPO / "search_spaces" / "optuna.yaml"
@@ -809,6 +929,14 @@ def test_resolve_space_path_finds_bare_names_and_lists_what_exists():
 def test_module_docstring_examples_run():
     result = doctest.testmod(space_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["study.schema", "study.params", "study.plan"])
+def test_schema_module_docstring_examples_run(name):
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --------------------------------------------------------------------------- command line
