@@ -47,8 +47,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,7 @@ from ae4ad.train import (
     _NonFiniteOutput,
     resolve_device,
     seed_everything,
+    training_state,
 )
 
 FUSED_MODELS = ("ae", "constrained_ae")
@@ -150,10 +152,6 @@ class BatchedLinear(nn.Module):
         if self.masked:
             weight, bias = weight * self.weight_mask, bias * self.bias_mask
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-
-    def member_tensors(self, i: int, member: nn.Linear) -> dict[str, torch.Tensor]:
-        o, n = member.out_features, member.in_features
-        return {"weight": self.weight[i, :o, :n], "bias": self.bias[i, :o]}
 
 
 class BatchedBatchNorm1d(nn.BatchNorm1d):
@@ -275,27 +273,60 @@ class FusedAE(nn.Module):
             losses = losses + model.constraint_weight * latent
         return losses
 
-    def member_state(self, i: int, template: AE) -> dict[str, torch.Tensor]:
-        """Member ``i``'s weights and buffers as a state dict of ``template``'s shape."""
+    def member_state(
+        self, i: int, template: AE, of: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Member ``i``'s weights and buffers as a state dict of ``template``'s shape.
+
+        ``of``: slice ``of(fused_tensor)`` instead of the tensor itself (e.g. its Adam
+        moments); entries where it returns None are left out."""
         k = self.n_members
         state: dict[str, torch.Tensor] = {}
         fused_modules = dict(self.named_modules())
         for name, module in template.named_modules():
             fused = fused_modules[name]
-            if isinstance(fused, BatchedLinear):
-                for key, t in fused.member_tensors(i, module).items():
-                    state[f"{name}.{key}"] = t
+            if fused is self or (list(fused.children()) and not isinstance(fused, BatchedLinear)):
                 continue
-            if fused is self or list(fused.children()):
-                continue
-            for key, t in list(fused.named_parameters(recurse=False)) + list(
-                fused.named_buffers(recurse=False)
-            ):
-                if key == "num_batches_tracked":
-                    state[f"{name}.{key}"] = t
+            tensors = list(fused.named_parameters(recurse=False))
+            tensors += list(fused.named_buffers(recurse=False))
+            for key, t in tensors:
+                if key in ("weight_mask", "bias_mask"):
+                    continue
+                source = t if of is None else of(t)
+                if source is None:
+                    continue
+                if isinstance(fused, BatchedLinear):
+                    o, n = module.out_features, module.in_features
+                    part = source[i, :o, :n] if key == "weight" else source[i, :o]
+                elif key == "num_batches_tracked":
+                    part = source
                 else:
-                    state[f"{name}.{key}"] = t.view(k, -1, *t.shape[1:])[i]
+                    part = source.view(k, -1, *source.shape[1:])[i]
+                state[f"{name}.{key}"] = part
         return state
+
+    def member_optimizer_state(
+        self, i: int, template: AE, optimizer: torch.optim.Optimizer
+    ) -> dict:
+        """Member ``i``'s share of ``optimizer`` (an Adam over this module's parameters) as
+        the state dict of an Adam over ``template.parameters()``."""
+        names = [name for name, _ in template.named_parameters()]
+        per_key: dict[str, dict[str, torch.Tensor]] = {}
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            moment = lambda t, key=key: optimizer.state.get(t, {}).get(key)  # noqa: E731
+            per_key[key] = self.member_state(i, template, moment)
+        fused = dict(self.named_parameters())
+        state = {}
+        for index, name in enumerate(names):
+            if fused[name] not in optimizer.state:
+                continue
+            entry = {"step": optimizer.state[fused[name]]["step"].clone()}
+            for key, sliced in per_key.items():
+                if name in sliced:
+                    entry[key] = sliced[name].clone()
+            state[index] = entry
+        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        return {"state": state, "param_groups": [{**group, "params": list(range(len(names)))}]}
 
     @torch.no_grad()
     def reset_member(self, i: int, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -323,7 +354,10 @@ class FusedAE(nn.Module):
 
 
 def fit_many(
-    configs: Sequence[dict | TrainConfig], dataset: AnomalyDataset | None = None
+    configs: Sequence[dict | TrainConfig],
+    dataset: AnomalyDataset | None = None,
+    *,
+    state_out: Callable[[int, dict, dict], None] | None = None,
 ) -> Iterator[tuple[int, dict]]:
     """Train K configs that differ only in ``seed`` and ``model_params.latent_dim`` as one
     fused module; yield ``(member_index, record)`` pairs, with the records
@@ -335,9 +369,14 @@ def fit_many(
     Timings are the bundle's: ``train_time_s`` is the bundle's training time and
     ``images_per_s`` the member's images over it (their sum is the bundle's throughput).
 
+    ``state_out(i, state, record)``: called at every evaluation of member ``i`` (not for
+    a diverged one) before its record is yielded, with the state its own :func:`ae4ad.fit`
+    run would give its ``state_out`` (weights, its share of Adam, its RNG states, timers):
+    ``fit(configs[i], start_state=state)`` continues that member alone. A fused bundle
+    does not restart from states; an interrupted bundle's members continue separately.
+
     Raises :class:`ae4ad.ConfigError` when the configs cannot be fused (see
-    :func:`fusable`). Checkpoints (``state_out`` / ``start_state`` of ``fit``) are not
-    supported here.
+    :func:`fusable`).
     """
     cfgs = [_as_config(c) for c in configs]
     reason = fusable(cfgs)
@@ -350,12 +389,16 @@ def fit_many(
     data = dataset if dataset is not None else load_dataset(cfg0.dataset, **cfg0.dataset_params)
 
     # Each member as fit builds it: seed everything, then build (initial weights).
-    members, generators = [], []
+    members, generators, member_params, global_rng = [], [], [], []
     for cfg in cfgs:
         generators.append(seed_everything(cfg.seed))
         params = {"image_size": data.image_size, "in_channels": data.in_channels}
         params.update(cfg.model_params)
         members.append(build_model(cfg.model, **params))
+        member_params.append(params)
+        # the global RNG states the member's own fit holds from here on (training and
+        # evaluation of the fused models draw nothing from them)
+        global_rng.append((torch.get_rng_state(), np.random.get_state()))
     model = FusedAE(members).to(device)
     memory_format = torch.preserve_format
     if cfg0.channels_last and device.type == "cuda":
@@ -432,6 +475,14 @@ def fit_many(
                 _drop(i, model, optimizer, active, alive)
                 continue
             record["elapsed_s"] = time.perf_counter() - started
+            if state_out is not None:
+                timers = {"train_time_s": train_time, "images_seen": images_seen}
+                timers["elapsed_s"] = record["elapsed_s"]
+                state = _member_training_state(
+                    epoch, cfgs[i], model, i, member, optimizer, generators[i], global_rng[i],
+                    timers, member_params[i], data,
+                )  # fmt: skip
+                state_out(i, state, {**bases[i], **record})
             yield i, {**bases[i], **record}
         if not alive:
             return
@@ -448,3 +499,41 @@ def _drop(
     active[i] = False
     alive.remove(i)
     model.reset_member(i, optimizer)
+
+
+def _member_training_state(
+    epoch: int,
+    cfg: TrainConfig,
+    model: FusedAE,
+    i: int,
+    member: AE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    global_rng: tuple,
+    timers: dict,
+    params: dict,
+    data: AnomalyDataset,
+) -> dict:
+    """Member ``i``'s training state as :func:`ae4ad.train.training_state` writes it for a
+    separate run (``member`` already holds its weights)."""
+    member_opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    member_opt.load_state_dict(model.member_optimizer_state(i, member, optimizer))
+    model_spec = {"name": cfg.model, "params": params}
+    data_spec = {
+        "name": data.name,
+        "source": cfg.dataset,
+        "params": dict(cfg.dataset_params),
+        "image_size": data.image_size,
+        "in_channels": data.in_channels,
+        "value_range": [-1.0, 1.0],
+    }
+    saved = torch.get_rng_state(), np.random.get_state()
+    torch.set_rng_state(global_rng[0])
+    np.random.set_state(global_rng[1])
+    try:
+        return training_state(
+            epoch, cfg, member, member_opt, generator, timers, model_spec, data_spec
+        )
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])

@@ -95,6 +95,24 @@ def test_fused_equals_separate_fit_in_float64(phantom64, float64, model, trainin
         assert_same_records(separate[m], fused[m], rel=1e-9, abs_=1e-12)
 
 
+def test_member_states_continue_as_separate_fit_runs(phantom64, float64):
+    configs = member_configs(latent_dims=(1, 16), seeds=(0, 1))
+    states: dict[int, list[dict]] = {0: [], 1: []}
+    fused = by_member(
+        list(fit_many(configs, dataset=phantom64, state_out=lambda i, s, r: states[i].append(s))),
+        2,
+    )
+    assert [[s["epoch"] for s in states[m]] for m in (0, 1)] == [[2, 4], [2, 4]]
+    for m in (0, 1):
+        again = list(fit(configs[m], dataset=phantom64, start_state=states[m][0]))
+        # what the member's own run yields after epoch 2
+        assert_same_records(fused[m][1:], again, rel=1e-9, abs_=1e-12)
+        assert (
+            states[m][0]["model_spec"]["params"]["latent_dim"]
+            == configs[m]["model_params"]["latent_dim"]
+        )
+
+
 # Measured with these settings (phantom 32 px, 96 training and 64 test images, batch 16,
 # 4 epochs, latent_dim 1, 4, 16, seeds 0..17 = 18 members, both evaluations): the largest
 # float32 difference between fused and separate records, and, for scale, between the same
