@@ -139,7 +139,7 @@ def test_report_only_rebuilds_the_report_of_a_copied_run(tmp_path, capsys):
 
 
 def test_report_only_prints_the_verdict_lines_at_the_chosen_alpha(tmp_path, capsys):
-    from study.report import make_synthetic_run
+    from tests.helpers.synthetic import make_synthetic_run
 
     run = make_synthetic_run(tmp_path / "syn", datasets=("toy",), seeds=(0, 1))
     assert main(["--report-only", str(run), "--alpha", "0.01"]) == 0

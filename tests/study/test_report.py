@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from study.report import make_synthetic_run, write_report
+from study.report import write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from tests.helpers.synthetic import make_synthetic_run  # noqa: E402
 
 FAST = dict(n_boot=300, n_sim=2000)
 PLOTLY_SIGNATURE = "plotly.js v"  # the banner comment at the top of plotly.min.js
@@ -269,11 +273,12 @@ def test_odd_tables_still_give_a_report(tmp_path):
 
 def test_a_failing_section_becomes_a_note(tmp_path, monkeypatch):
     import study.report as R
+    from study.report.sections import recon
 
-    def broken(ctx):
+    def broken(ctx, page):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(R, "_section_recon", broken)
+    monkeypatch.setattr(recon, "section", broken)
     run = make_synthetic_run(tmp_path / "fail", datasets=("toy",), latent_dims=(2, 4, 8))
     text = write_report(run, **FAST).read_text(encoding="utf-8")
     assert "This section could not be drawn: RuntimeError: boom" in text

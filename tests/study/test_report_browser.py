@@ -11,12 +11,16 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from study.report import make_synthetic_run, write_report
+from study.report import write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from tests.helpers.synthetic import make_synthetic_run  # noqa: E402
 
 CHROMIUM = os.environ.get("AE4AD_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("AE4AD_CHROMEDRIVER", "/usr/bin/chromedriver")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from study.report import load_run, make_synthetic_run, render_report
+from study.report import load_run, render_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from tests.helpers.synthetic import make_synthetic_run  # noqa: E402
 
 FAST = dict(n_boot=200, n_sim=1000)
 DIMS = (2, 4, 8, 16, 32, 64)

@@ -1,0 +1,78 @@
+"""A run folder for notebooks: its tables as DataFrames, its verdicts and every figure of
+its report as a ``plotly.graph_objects.Figure``, built by the report's own code.
+
+Example:
+    >>> import study
+    >>> run = study.load_run("runs/latent")                       # doctest: +SKIP
+    >>> run.trials.groupby("latent_dim")["auc"].mean()            # doctest: +SKIP
+    >>> [v.verdict for v in run.verdicts()]                       # doctest: +SKIP
+    ['supported']
+    >>> run.figures()                                             # doctest: +SKIP
+    ['auc_vs_latent_dim', 'entropy_vs_auc', ...]
+    >>> run.figure("auc_vs_latent_dim").show()                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from study import hypothesis as H
+from study.report import figures
+from study.report.context import Ctx, Options, build_context
+from study.report.load import RunData, read_run
+
+
+@dataclass
+class Run(RunData):
+    """The tables of a run folder (``trials``, ``history``, ``scores``: pandas DataFrames,
+    None when missing, with the reason in ``notes``), its ``space`` (space.yaml as a dict)
+    and ``meta`` (meta.json), with the report's verdicts and figures.
+
+    Each method takes the report's options (``entropy_col``, ``alpha``, ``n_sim``,
+    ``n_boot``, ``max_curves``; the defaults of :func:`study.report.write_report`); the
+    statistics are computed once per set of options.
+    """
+
+    _contexts: dict[Options, Ctx] = field(default_factory=dict, repr=False)
+
+    def context(self, **options: Any) -> Ctx:
+        """What the report's sections and figures are drawn from (verdicts included)."""
+        key = Options(**options).check()
+        if key not in self._contexts:
+            self._contexts[key] = build_context(self, key)
+        return self._contexts[key]
+
+    def verdicts(self, **options: Any) -> list[H.StratumVerdict]:
+        """The verdict of every stratum, as the report shows them
+        (:class:`study.hypothesis.StratumVerdict`)."""
+        return self.context(**options).verdicts
+
+    def fixed_latent_dim_tests(self, **options: Any) -> list[H.FixedDimTest]:
+        """The report's tests of entropy at fixed latent_dim, one per data set."""
+        return self.context(**options).fixed
+
+    def figures(self, **options: Any) -> list[str]:
+        """The names of the figures the report of this run draws, in page order (each is
+        built once to find out)."""
+        return figures.names(self.context(**options))
+
+    def figure(self, name: str, **options: Any) -> go.Figure:
+        """The report's figure ``name`` (see :meth:`figures`) as a Plotly figure.
+
+        Raises ``KeyError`` for an unknown name and ``LookupError`` when the run's tables
+        cannot give the figure (the message says why).
+        """
+        plot = figures.build(self.context(**options), name)
+        if plot is None:
+            raise LookupError(f"{name}: nothing to draw for this run")
+        return figures.to_figure(plot)
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """The tables of ``run_dir`` (``runs/<study name>/``) with the report's verdicts and
+    figures; see :class:`Run`. Raises ``FileNotFoundError`` when it is not a folder."""
+    return read_run(run_dir, cls=Run)

@@ -1,0 +1,1 @@
+"""Generators of test data shared by the tests (and the report's benchmark)."""
