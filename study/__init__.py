@@ -7,6 +7,30 @@ it is used (Ray only in the runner), e.g.
 >>> from study.space import load_space
 >>> load_space("smoke").name
 'smoke'
+
+``study.load_run(run_dir)`` opens a finished (or running) run folder in a notebook: its
+tables as DataFrames, its verdicts and the report's figures (:mod:`study.report.notebook`).
 """
 
-__all__ = ["cli", "hypothesis", "report", "results", "runner", "searcher", "space"]
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "cli",
+    "hypothesis",
+    "load_run",
+    "report",
+    "results",
+    "runner",
+    "searcher",
+    "space",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_run":  # imported on first use: plotly and pandas are not cheap
+        from study.report.notebook import load_run
+
+        return load_run
+    raise AttributeError(f"module 'study' has no attribute {name!r}")

@@ -286,3 +286,94 @@ def test_a_failing_section_becomes_a_note(tmp_path, monkeypatch):
     assert "<h2>8. Run facts</h2>" in text  # the sections after it are still there
     with pytest.raises(RuntimeError, match="boom"):
         R.render_report(R.load_run(run), validate=True, **FAST)
+
+
+def _page_figures(text: str) -> list[dict]:
+    """The data and layout of every figure of a page, in page order."""
+    decoder, out = json.JSONDecoder(), []
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text):
+        data, end = decoder.raw_decode(text, m.end())
+        start = re.compile(r",\s*").match(text, end).end()
+        layout, _ = decoder.raw_decode(text, start)
+        out.append({"data": data, "layout": layout})
+    return out
+
+
+def test_notebook_api_gives_the_reports_tables_verdicts_and_figures(run_dir, report_text):
+    import plotly.graph_objects as go
+    from markupsafe import escape
+
+    import study
+
+    run = study.load_run(run_dir)
+    for table in (run.trials, run.history, run.scores):
+        assert isinstance(table, pd.DataFrame) and len(table)
+    assert len(run.trials) == 2 * 8 * 3 + 3 and run.space["name"] == "latent"
+    verdicts = run.verdicts(**FAST)
+    assert [v.stratum for v in verdicts] == ["phantom-k6/ae", "RSNA/ae"]
+    assert all(str(escape(v.headline())) in report_text for v in verdicts)
+    assert [t.dataset for t in run.fixed_latent_dim_tests(**FAST)] == ["phantom-k6", "RSNA"]
+
+    names = run.figures(**FAST)
+    assert names[:4] == [
+        "auc_vs_latent_dim",
+        "entropy_vs_auc",
+        "recon_error_vs_latent_dim",
+        "pixel_metrics_vs_latent_dim",
+    ]
+    assert {"learning_curves", "examples:RSNA/ae", "score_distributions"} <= set(names)
+    on_page = _page_figures(report_text)
+    assert len(names) == len(on_page) == _figures(report_text)
+    for name, shown in zip(names, on_page):
+        fig = run.figure(name, **FAST)
+        assert isinstance(fig, go.Figure)
+        built = json.loads(fig.to_json())  # every figure renders to JSON
+        # the very figure of the page: same title, traces, names and values
+        assert built["layout"]["title"]["text"] == shown["layout"]["title"]["text"]
+        assert [(t["type"], t.get("name")) for t in built["data"]] == [
+            (t["type"], t.get("name")) for t in shown["data"]
+        ]
+    curves = run.figure("auc_vs_latent_dim", **FAST)
+    assert [list(t.y) for t in curves.data] == [t["y"] for t in on_page[0]["data"]]
+    curves.add_scatter(x=[4], y=[0.5], row=1, col=2)  # a make_subplots grid
+    assert curves.data[-1].xaxis == "x2"
+
+    with pytest.raises(KeyError, match="unknown figure 'auc_vs_latnt_dim'"):
+        run.figure("auc_vs_latnt_dim")
+    with pytest.raises(LookupError, match="no optuna.db: a grid search"):
+        run.figure("optuna_history", **FAST)
+
+
+def test_synthetic_runs_have_the_shapes_of_real_ones():
+    """The fixture's trial configs and records have the keys and value types of the
+    space's configs and of ae4ad.fit's records: a schema change breaks it here."""
+    import numpy as np
+
+    import ae4ad
+    from study.space import grid_trials, load_space
+    from tests.helpers.synthetic import synthetic_config, synthetic_records
+
+    real_config = grid_trials(load_space("smoke"))[0]
+    config = synthetic_config("toy", "ae", 4, 0, epochs=2, eval_every=1, image_size=32)
+    assert set(config) == set(real_config)
+    data = {"image_size": 32, "n_train": 64, "n_val": 16, "n_test_normal": 8}
+    real = list(
+        ae4ad.fit(
+            {
+                "dataset": "phantom",
+                "dataset_params": {**data, "n_test_abnormal": 8},
+                "model": "ae",
+                "model_params": {"latent_dim": 4, "num_blocks": 3, "hidden_dim": 32},
+                "epochs": 2,
+                "eval_every": 1,
+                "threads": 1,
+            }
+        )
+    )
+    fake, _ = synthetic_records(
+        np.random.default_rng(0), config, peak=4, k=0, with_masks=True, with_examples=True,
+        epochs=2, eval_every=1, image_size=32, n_test=16,
+    )  # fmt: skip
+    for got, want in ((fake[0], real[0]), (fake[-1], real[-1])):
+        assert set(got) == set(want)
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}
