@@ -6,6 +6,7 @@
     python run_study.py --space latent.yaml --override training.epochs=5 --override seeds=[0]
     python run_study.py --space paper.yaml --address 10.0.0.5:6379   # join a Ray cluster
     python run_study.py --report-only runs/latent        # rebuild the report from tables
+    python run_study.py --space smoke.yaml --log mlflow --log tensorboard   # and trackers
     python run_study.py predict --run runs/latent --trial best scans/ --out scored/
     python run_study.py export-images --run runs/latent --out phantom-test/  # test split
 
@@ -126,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-report",
         action="store_true",
         help="write the tables only, not the report",
+    )
+    parser.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        choices=("mlflow", "tensorboard", "wandb"),
+        metavar="TRACKER",
+        help="also log every trial to this tracker: mlflow, tensorboard or wandb (its extra "
+        "installed, e.g. pip install -e '.[mlflow]'); repeatable; added to the space's "
+        "logging.trackers",
     )
     parser.add_argument(
         "--keep-models",
@@ -295,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_usage(sys.stderr)
             return _error("--space is required (or --report-only RUN_DIR)")
         space = load_space(args.space, args.override, check_data=not args.dry_run)
+        if args.log:
+            from study.trackers import with_trackers
+
+            space = with_trackers(space, args.log)
         if args.dry_run:
             return _dry_run(space)
 

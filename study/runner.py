@@ -724,6 +724,16 @@ def _tune_callback(collector: _Collector):
     return StudyCallback(collector)
 
 
+def _tracker_callbacks(space: Space) -> list[Any]:
+    """Ray Tune's logger callbacks of the trackers in the space's ``logging`` (MLflow,
+    TensorBoard, W&B; see :mod:`study.trackers`), fed with the records the tables keep."""
+    if not space.logging.trackers:
+        return []
+    from study.trackers import callbacks
+
+    return callbacks(space, _record)
+
+
 def _scheduler(space: Space, tables: RunTables | None = None, out: TextIO | None = None):
     """The study's trial scheduler: None, or ASHA with one state per stratum (see
     :mod:`study.scheduler`). On resume (``tables`` holding finished trials) the rungs
@@ -859,6 +869,13 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
     to_run = total - already
     keep_models = _keep_models_policy(options.keep_models, total)
 
+    if to_run > 0 and space.logging.trackers:
+        from study import trackers
+
+        try:
+            trackers.check(space)  # a missing package: one line, before Ray starts
+        except trackers.TrackerError as exc:
+            raise StudyError(str(exc)) from None
     datasets = _load_datasets(space) if to_run > 0 else {}
     _quiet_libraries()
     started_ray = start_ray(options)
@@ -917,6 +934,11 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
             flush=True,
         )
         print(f"results: {run_dir}", file=out, flush=True)
+        if space.logging.trackers:
+            from study.trackers import describe
+
+            for line in describe(space):
+                print(line, file=out, flush=True)
         keeper, resume_from, prior = _checkpoint_setup(
             space, tables, keep_models, options, nodes, out
         )
@@ -998,7 +1020,7 @@ def run_study(space: Space, options: RunOptions | None = None) -> RunResult:
                         checkpoint_score_order=mode,
                     ),
                     verbose=0,
-                    callbacks=[_tune_callback(callback)],
+                    callbacks=[_tune_callback(callback), *_tracker_callbacks(space)],
                     failure_config=tune.FailureConfig(
                         max_failures=space.max_failures, fail_fast=False
                     ),

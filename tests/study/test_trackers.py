@@ -336,3 +336,10 @@ def test_wandb_offline_writes_one_run_per_trial_with_its_history(logged_run):
             got = [(step["_step"], step[key]) for step in steps if key in step]
             got = [(s, math.nan if v is None or v == "NaN" else v) for s, v in got]
             assert_same_series(got, pairs, key)
+
+
+def test_the_module_examples_run():
+    import doctest
+
+    result = doctest.testmod(trackers, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
