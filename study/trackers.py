@@ -178,10 +178,15 @@ def _check_wandb_key() -> None:
         return
     import wandb
 
-    key = None
-    with contextlib.suppress(Exception):
-        wandb.ensure_configured()
-        key = wandb.api.api_key
+    try:  # a key from `wandb login` (~/.netrc), not checked with the server
+        key = wandb.login(prompt=False, verify=False)
+    except TypeError:  # wandb before prompt=: its older API
+        key = None
+        with contextlib.suppress(Exception):
+            wandb.ensure_configured()
+            key = wandb.api.api_key
+    except Exception:  # noqa: BLE001 - no usable login
+        key = None
     if not key:
         raise TrackerError(
             "logging.wandb.mode: online needs a W&B API key (set WANDB_API_KEY or run "
