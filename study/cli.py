@@ -40,6 +40,8 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the command line."""
+    from study.schema import TRACKERS
+
     parser = argparse.ArgumentParser(
         prog="run_study.py",
         description=(
@@ -132,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log",
         action="append",
         default=[],
-        choices=("mlflow", "tensorboard", "wandb"),
+        choices=TRACKERS,
         metavar="TRACKER",
         help="also log every trial to this tracker: mlflow, tensorboard or wandb (its extra "
         "installed, e.g. pip install -e '.[mlflow]'); repeatable; added to the space's "

@@ -45,6 +45,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from study.schema import TRACKERS  # mlflow, tensorboard, wandb
+
 __all__ = [
     "PACKAGES",
     "TRACKERS",
@@ -59,7 +61,6 @@ __all__ = [
     "with_trackers",
 ]
 
-TRACKERS = ("mlflow", "tensorboard", "wandb")
 # tracker -> (module the callback imports, pip extra of ae4ad-study that installs it)
 PACKAGES = {"mlflow": "mlflow", "tensorboard": "tensorboardX", "wandb": "wandb"}
 # Tune's step key: every tracker callback logs a result at step result[STEP_KEY]
