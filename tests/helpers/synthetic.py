@@ -191,26 +191,10 @@ def synthetic_records(
     elapsed = float(30 + d * 0.2 + 5 * rng.random())
     wall_s = float(35 + d * 0.2 + 5 * rng.random())
     base = {"device": "cuda:0" if config["seed"] % 2 == 0 else "cpu", "n_parameters": 2_351_184}
-    evaluations = sorted({*range(eval_every, epochs + 1, eval_every), epochs})
-    records = []
-    for e in evaluations:
-        frac = e / epochs
-        rise = 1 - math.exp(-4 * frac)
-        records.append(
-            {
-                **base,
-                "epoch": e,
-                "status": "completed" if e == epochs else "running",
-                "is_final": e == epochs,
-                "train_loss": err_n * (1 + 2 * math.exp(-4 * frac)),
-                "train_time_s": 0.9 * elapsed * frac,
-                "images_per_s": 1000.0,
-                **final,
-                "auc": 0.5 + (auc - 0.5) * rise,
-                "ap": 0.5 + (ap - 0.5) * rise,
-                "elapsed_s": elapsed * frac,
-            }
-        )
+    records = [
+        {**base, **record, **final, **_progress(e, epochs, auc, ap, err_n, elapsed)}
+        for e, record in _evaluations(epochs, eval_every)
+    ]
     last = records[-1]
     if with_scores:
         last["scores"], last["labels"] = _scores(rng, auc, n_test)
@@ -220,6 +204,35 @@ def synthetic_records(
         yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
         last["examples"] = _synthetic_examples(rng, xx, yy, d, peak, with_masks)
     return records, wall_s
+
+
+def _evaluations(epochs: int, eval_every: int) -> list[tuple[int, dict[str, Any]]]:
+    """The epochs evaluated (every ``eval_every`` and the last) with their status keys."""
+    return [
+        (
+            e,
+            {
+                "epoch": e,
+                "status": "completed" if e == epochs else "running",
+                "is_final": e == epochs,
+            },
+        )
+        for e in sorted({*range(eval_every, epochs + 1, eval_every), epochs})
+    ]
+
+
+def _progress(e: int, epochs: int, auc: float, ap: float, err_n: float, elapsed: float) -> dict:
+    """What changes over training: loss, AUC and AP approach their final values."""
+    frac = e / epochs
+    rise = 1 - math.exp(-4 * frac)
+    return {
+        "train_loss": err_n * (1 + 2 * math.exp(-4 * frac)),
+        "train_time_s": 0.9 * elapsed * frac,
+        "images_per_s": 1000.0,
+        "auc": 0.5 + (auc - 0.5) * rise,
+        "ap": 0.5 + (ap - 0.5) * rise,
+        "elapsed_s": elapsed * frac,
+    }
 
 
 def _peak_for(dims: Sequence[int], i: int) -> int:
