@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from study.searcher import StratifiedOptunaSearcher
+from study import runner
 from study.space import load_space
 
 pytest.importorskip(
@@ -28,6 +28,11 @@ def optuna_db(tmp_path):
     """The optuna.db of a 2-strata Optuna study, written by the searcher a run uses,
     fed as Ray Tune feeds it: a result per evaluation, then the trial's end.
     Returns (path, {study name: {trial id: (value, {epoch: value})}})."""
+    # the searcher imports Ray: first the environment a study gives it (as the runner
+    # does), or a Ray started later in this process would not match it (auth token)
+    runner.prepare_environment(local=True)
+    from study.searcher import StratifiedOptunaSearcher
+
     space = load_space("optuna", ["search.n_trials=2", f"storage_path={tmp_path}"])
     path = tmp_path / "optuna.db"
     searcher = StratifiedOptunaSearcher(space, f"sqlite:///{path}")
