@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,50 @@ def test_bad_parameters(kwargs, message):
 def test_unknown_model():
     with pytest.raises(ModelError, match="unknown model 'gan'; allowed: ae, ae_spatial, ceae"):
         build_model("gan")
+
+
+def test_memae_hard_shrinkage_zeroes_the_small_addressing_weights():
+    """Addressing weights below the threshold become exactly 0; the rest keep their
+    softmax weights, renormalised to sum to 1 (Gong et al. 2019, eq. 7)."""
+    torch.manual_seed(0)
+    model = build_model("memae", latent_dim=4, image_size=32, num_blocks=3, hidden_dim=32)
+    model.eval()
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        soft = torch.softmax(model.encode(x) @ model.memory.t(), dim=1)
+        ordered = soft.flatten().sort().values
+        middle = len(ordered) // 2  # about half the weights lie below, none on it
+        model.shrink_threshold = float(ordered[middle - 1] + ordered[middle]) / 2
+        att = model(x)["attention"]
+    below = soft < model.shrink_threshold
+    assert below.any() and (~below).any()
+    assert torch.all(att[below] == 0)
+    assert torch.all(att[~below] > 0)
+    kept = torch.where(below, torch.zeros_like(soft), soft)
+    assert torch.allclose(att, kept / kept.sum(1, keepdim=True), atol=1e-5)
+    # without shrinkage no weight is zero
+    model.shrink_threshold = 0.0
+    with torch.no_grad():
+        assert torch.all(model(x)["attention"] > 0)
+
+
+@pytest.mark.parametrize("kl_weight", [0.0, 0.005, 2.0])
+def test_vae_loss_is_mse_plus_kl_weight_times_kl(kl_weight):
+    """The training loss against a hand computation: the mean squared error of the
+    reconstruction plus kl_weight x KL(N(mu, sigma^2) || N(0, 1)), the KL summed over
+    the latent dimensions and averaged over the batch."""
+    torch.manual_seed(0)
+    model = build_model(
+        "vae", latent_dim=3, image_size=32, num_blocks=3, hidden_dim=16, kl_weight=kl_weight
+    )
+    model.train()
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    loss, out = model.training_loss(x)
+    x_hat = out["x_hat"].detach().double().numpy()
+    mu = out["mu"].detach().double().numpy()
+    sigma2 = np.exp(out["log_var"].detach().double().numpy())
+    mse = np.mean((x_hat - x.double().numpy()) ** 2)
+    # KL of N(mu, s^2) from N(0, 1) per dimension: (s^2 + mu^2 - 1 - ln s^2) / 2
+    kl = np.mean(np.sum((sigma2 + mu**2 - 1 - np.log(sigma2)) / 2, axis=1))
+    assert kl > 0
+    assert loss.item() == pytest.approx(mse + kl_weight * kl, rel=1e-5)
