@@ -157,12 +157,12 @@ def _check_mlflow(space: Any) -> None:
     refuses fails here rather than in the middle of a study. Servers are not
     contacted (MLflow retries for minutes before it gives up)."""
     uri = mlflow_uri(space)
-    if re.match(r"(https?|databricks|uc)[:+]", uri):
+    if re.match(r"(https?|databricks|uc)([:+]|$)", uri):
         return
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines on creating tables
+    _quiet_mlflow()
     try:
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +172,14 @@ def _check_mlflow(space: Any) -> None:
         raise TrackerError(
             f"logging.mlflow.tracking_uri: MLflow cannot open {uri}: {message[:400]}"
         ) from None
+
+
+def _quiet_mlflow() -> None:
+    """No INFO lines from MLflow (creating tables, creating the experiment); MLflow sets
+    its logger's level when it is imported, so after that."""
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _check_wandb_key() -> None:
@@ -242,6 +250,7 @@ def callbacks(space: Any, to_record: ToRecord) -> list[Any]:
         if name == "mlflow":
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+            _quiet_mlflow()
             cls = _on_epochs(MLflowLoggerCallback, to_record, metric)
             out.append(
                 cls(
