@@ -648,8 +648,9 @@ def disk_used_text(run_dir: Path) -> str:
     d = disk_used(run_dir)
     return (
         f"{format_bytes(d['total'])} (models {format_bytes(d['models'])} in "
-        f"{d['models_count']} file{'s' if d['models_count'] != 1 else ''}, checkpoints "
-        f"{format_bytes(d['checkpoints'])}, tables and report {format_bytes(d['tables'])})"
+        f"{d['models_count']} file{'s' if d['models_count'] != 1 else ''}, checkpoints and "
+        f"Tune's state {format_bytes(d['checkpoints'])}, tables and report "
+        f"{format_bytes(d['tables'])})"
     )
 
 

@@ -417,7 +417,10 @@ def train_trial(
         if state is None or not checkpoints:
             tune.report(out)
             continue
-        history.append({k: v for k, v in out.items() if _is_scalar(v)})
+        kept = {k: v for k, v in out.items() if _is_scalar(v) and k != REPLACED_KEY}
+        if out.get(REPLACED_KEY):
+            kept[metric] = float("nan")  # as the tables record it (see _record)
+        history.append(kept)
         with tempfile.TemporaryDirectory(prefix="ae4ad-checkpoint-") as folder:
             save_checkpoint(folder, state, extra={"trial_id": tid})
             text = json.dumps(history, default=str, allow_nan=True)
@@ -681,10 +684,24 @@ class _Collector:
         )  # fmt: skip
         if self.keeper is not None:
             self.keeper.finished(tid, getattr(trial, "checkpoint", None))
+        _drop_bulky_checkpoint_metrics(trial)
         self.tables.flush_if_due()
         self.trials_finished += 1
         row = next(r for r in reversed(self.tables.rows()) if r["trial_id"] == tid)
         self.progress.finished(row)
+
+
+def _drop_bulky_checkpoint_metrics(trial: Any) -> None:
+    """Tune keeps the metrics of a trial's checkpoints (the final one's per-image lists
+    included) in its experiment state, which it rewrites now and then: drop the lists
+    once the trial has finished (the tables have them)."""
+    with contextlib.suppress(Exception):
+        manager = trial.run_metadata.checkpoint_manager
+        for result in [*manager.best_checkpoint_results, manager.latest_checkpoint_result]:
+            for key in _BULKY_KEYS:
+                if result is not None:
+                    result.metrics.pop(key, None)
+        trial.run_metadata.invalidate_cache()  # Tune caches the JSON it writes
 
 
 def _tune_callback(collector: _Collector):

@@ -51,6 +51,9 @@ def test_every_trial_keeps_its_final_model_and_no_checkpoint(run_dir):
     assert (trials["checkpoint_epoch"] == 2).all() and (trials["resumed_from_epoch"] == 0).all()
     assert sorted(p.stem for p in (run / "models").glob("*.pt")) == sorted(trials.index)
     assert not list((run / "tune").rglob("checkpoint_*"))  # only a resume would need them
+    # Tune's experiment state keeps the checkpoints' metrics, without the per-image lists
+    state = sum(p.stat().st_size for p in (run / "tune").rglob("experiment_state-*.json"))
+    assert state < 3 * 60_000, state
     assert json.loads((run / "meta.json").read_text())["sessions"][-1]["keep_models"] == "all"
 
 
