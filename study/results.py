@@ -502,9 +502,9 @@ class RunTables:
             config, records, trial_id=trial_id, study=study, status=status, error=error,
             timing=timing,
         )  # fmt: skip
-        self._trials.pop(trial_id, None)
+        if self._trials.pop(trial_id, None) is not None:  # a trial run again: drop its old
+            self._drop_details(trial_id)  # details (a scan of every table: only when needed)
         self._trials[trial_id] = row
-        self._drop_details(trial_id)
         if records:
             self._history.append(pd.DataFrame(history_rows(config, records, trial_id)))
         last = records[-1] if records else {}
