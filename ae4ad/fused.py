@@ -23,6 +23,9 @@ them together; every member is the same computation as its own :func:`ae4ad.fit`
 
 Results agree with separate runs up to floating-point summation order (grouped and
 batched kernels add in another order); ``tests/test_fused.py`` states the tolerance.
+Speed (``benchmarks/fused_throughput.py``): on the CPU fusion pays for small models
+(latent.yaml's 32 px AE, per-operator overhead dominates) and costs for the paper's
+64 px AE (grouped convolutions of that width are slower than dense ones).
 
 Fusable models: ``ae`` and ``constrained_ae`` (any depth, width, image size). ``vae``,
 ``ceae`` (random draws in training), ``memae`` (memory attention) and ``ae_spatial``
