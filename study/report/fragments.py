@@ -34,11 +34,12 @@ def badge(verdict: str) -> str:
     return f'<span class="badge {css}">{esc(verdict)}</span>'
 
 
-def table_html(df: pd.DataFrame, cls: str = "data", escape: bool = True) -> str:
-    head = "".join(f"<th>{esc(c) if escape else c}</th>" for c in df.columns)
+def table_html(df: pd.DataFrame, cls: str = "data") -> str:
+    """A table of a DataFrame's values (formatted with :func:`fmt`, escaped)."""
+    head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
     rows = []
     for _, r in df.iterrows():
-        cells = "".join(f"<td>{esc(fmt(v)) if escape else v}</td>" for v in r.tolist())
+        cells = "".join(f"<td>{esc(fmt(v))}</td>" for v in r.tolist())
         rows.append(f"<tr>{cells}</tr>")
     return (
         f'<div class="tablewrap"><table class="{cls}"><thead><tr>{head}</tr></thead>'

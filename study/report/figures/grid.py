@@ -47,10 +47,6 @@ class Plot:
     notes: list[str] = field(default_factory=list)
     grid: dict[str, Any] | None = None
 
-    def spec(self) -> dict[str, Any]:
-        """``{"data", "layout"}``: what ``plotly.io.to_html`` takes."""
-        return {"data": self.data, "layout": self.layout}
-
 
 def to_figure(plot: Plot) -> go.Figure:
     """The plot as a validated ``plotly.graph_objects.Figure`` with the report's template
