@@ -321,7 +321,7 @@ def test_run_study_reports_learning_curves_to_optuna_and_resumes_rungs(tmp_path,
         "seeds": [0],
         "search": {"type": "optuna", "sampler": "tpe", "n_trials": 4, "seed": 0},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        "resources": {"max_concurrent_trials": 2},
+        "resources": {"max_concurrent_trials": 1},  # the same stopping order every run
     }
     space = load_space(str(write_space(tmp_path, body)))
     runner.run_study(space, quiet())
