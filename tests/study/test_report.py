@@ -377,3 +377,24 @@ def test_synthetic_runs_have_the_shapes_of_real_ones():
     for got, want in ((fake[0], real[0]), (fake[-1], real[-1])):
         assert set(got) == set(want)
         assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}
+
+
+def test_selection_on_test_data_is_said_at_the_top(tmp_path):
+    import yaml
+
+    run = make_synthetic_run(
+        tmp_path / "sel", datasets=("toy",), latent_dims=(2, 4, 8), seeds=(0, 1)
+    )
+    banner = "Selected on test data: early stopping optimised <code>auc</code>"
+    assert banner not in write_report(run, **FAST).read_text(encoding="utf-8")  # a grid
+    space = yaml.safe_load((run / "space.yaml").read_text())
+    for metric, shown in (("auc", True), ("val_auc", False), ("recon_error_val_normal", False)):
+        space["scheduler"] = {"type": "asha", "metric": metric}
+        (run / "space.yaml").write_text(yaml.safe_dump(space))
+        text = write_report(run, **FAST).read_text(encoding="utf-8")
+        assert ("Selected on test data" in text) == shown, metric
+    space["scheduler"] = {"type": "none"}
+    space["search"] = {"type": "optuna"}
+    (run / "space.yaml").write_text(yaml.safe_dump(space))
+    text = write_report(run, **FAST).read_text(encoding="utf-8")
+    assert "Selected on test data: the search optimised <code>auc</code>" in text
