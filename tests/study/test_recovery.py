@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def test_killed_driver_then_resume_continues_from_checkpoints(tmp_path):
         )  # fmt: skip
     finally:
         stop_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "continue from their last checkpoint" in second.stdout, second.stdout
 
