@@ -1,6 +1,6 @@
 """Command line of the study harness (``python run_study.py`` or ``ae4ad-study``).
 
-    python run_study.py --space latent.yaml              # run (bare names: search_spaces/)
+    python run_study.py --space latent.yaml              # run (bare names: shipped spaces)
     python run_study.py --space latent.yaml --dry-run    # validate and print the plan
     python run_study.py --space latent.yaml --resume     # continue an interrupted run
     python run_study.py --space latent.yaml --override training.epochs=5 --override seeds=[0]
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--space",
         metavar="YAML",
-        help="the search space: a path, or a bare name looked up in search_spaces/ "
-        "(e.g. latent.yaml or latent)",
+        help="the search space: a path, or a bare name looked up in ./, ./search_spaces/ "
+        "and the shipped spaces (e.g. latent.yaml or latent)",
     )
     parser.add_argument(
         "--override",
