@@ -537,9 +537,18 @@ def verdicts_table(
     for f in fixed:
         rows.append(
             dict(
-                stratum=f.dataset, dataset=f.dataset, metric=f.metric, alpha=alpha,
-                branch="fixed latent_dim", test=f.name, verdict=f.verdict, p_value=f.p_value,
-                p_adjusted=f.p_adjusted, effect=f.rho, n_trials=f.n, reason=f.reason,
+                stratum=f.dataset,
+                dataset=f.dataset,
+                metric=f.metric,
+                alpha=alpha,
+                branch="fixed latent_dim",
+                test=f.name,
+                verdict=f.verdict,
+                p_value=f.p_value,
+                p_adjusted=f.p_adjusted,
+                effect=f.rho,
+                n_trials=f.n,
+                reason=f.reason,
             )  # fmt: skip
         )
     return pd.DataFrame(rows)
