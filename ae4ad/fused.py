@@ -64,6 +64,7 @@ from ae4ad.train import (
     _diverged_record,
     _evaluate,
     _NonFiniteOutput,
+    dataset_spec,
     resolve_device,
     seed_everything,
     training_state,
@@ -522,14 +523,7 @@ def _member_training_state(
     member_opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     member_opt.load_state_dict(model.member_optimizer_state(i, member, optimizer))
     model_spec = {"name": cfg.model, "params": params}
-    data_spec = {
-        "name": data.name,
-        "source": cfg.dataset,
-        "params": dict(cfg.dataset_params),
-        "image_size": data.image_size,
-        "in_channels": data.in_channels,
-        "value_range": [-1.0, 1.0],
-    }
+    data_spec = dataset_spec(cfg, data)
     saved = torch.get_rng_state(), np.random.get_state()
     torch.set_rng_state(global_rng[0])
     np.random.set_state(global_rng[1])

@@ -229,14 +229,7 @@ def fit(
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
     model_spec = {"name": cfg.model, "params": model_params}
-    data_spec = {
-        "name": data.name,
-        "source": cfg.dataset,
-        "params": dict(cfg.dataset_params),
-        "image_size": data.image_size,
-        "in_channels": data.in_channels,
-        "value_range": [-1.0, 1.0],
-    }
+    data_spec = dataset_spec(cfg, data)
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         model.train()
@@ -286,6 +279,18 @@ def fit(
                 )
                 state_out(state, {**base, **record})
             yield {**base, **record}
+
+
+def dataset_spec(cfg: TrainConfig, data: AnomalyDataset) -> dict:
+    """What a checkpoint records of the data a model was trained on (its preprocessing)."""
+    return {
+        "name": data.name,
+        "source": cfg.dataset,
+        "params": dict(cfg.dataset_params),
+        "image_size": data.image_size,
+        "in_channels": data.in_channels,
+        "value_range": [-1.0, 1.0],
+    }
 
 
 def _evaluate(
