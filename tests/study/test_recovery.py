@@ -285,7 +285,9 @@ def test_file_uri_storage_on_a_two_node_cluster(tmp_path, monkeypatch):
         cluster.shutdown()
     assert result.status == "finished" and result.counts["completed"] == 4
     trials = pd.read_parquet(space.run_dir / "trials.parquet")
-    assert set(trials["node_id"]) == node_ids  # both nodes trained and checkpointed
+    # the trials ran on the cluster's nodes; Ray places them (usually on both, but with
+    # 0.2 s trials one node may take all four, so that is not asserted)
+    assert set(trials["node_id"]) <= node_ids and trials["node_id"].notna().all()
     # Tune wrote the checkpoints into the "remote" storage, under <name>/tune
     assert len(seen) == 4 and all(p.startswith(str(remote / "uri" / "tune")) for p in seen)
     assert (remote / "uri" / "tune" / "session-1").is_dir()
