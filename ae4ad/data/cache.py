@@ -8,9 +8,8 @@ Masks are binarised (any non-zero pixel is foreground) and resized with nearest 
 The cache stores the uint8 arrays of a loaded data set in one ``.npz`` file whose name
 carries a hash of the source name, the parameters that change pixels, and the list of
 source files with their sizes and modification times, so editing, adding or removing a
-file makes a new cache entry. The file is written atomically (temporary file, then
-``os.replace``). A small in-process memo, keyed by the same hash, makes repeated loads in
-one process free.
+file makes a new cache entry. The file is written atomically (:mod:`ae4ad.atomic`). A
+small in-process memo, keyed by the same hash, makes repeated loads in one process free.
 
 Example:
     >>> import tempfile, numpy as np
@@ -29,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ae4ad.atomic import atomic_write
 from ae4ad.data.base import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -226,18 +225,8 @@ def _memo_put(key: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file in the same folder, then os.replace onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """np.savez onto ``path`` through :func:`ae4ad.atomic.atomic_write`."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def cached_arrays(
