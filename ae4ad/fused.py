@@ -51,6 +51,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,9 +62,11 @@ from ae4ad.models import AE, ConstrainedAE, build_model
 from ae4ad.train import (
     ConfigError,
     TrainConfig,
+    _autocaster,
+    _batching,
+    _Clock,
     _diverged_record,
-    _evaluate,
-    _NonFiniteOutput,
+    _evaluation_record,
     dataset_spec,
     resolve_device,
     seed_everything,
@@ -391,8 +394,123 @@ def fit_many(
         torch.set_num_threads(int(cfg0.threads))
     device = resolve_device(cfg0.device)
     data = dataset if dataset is not None else load_dataset(cfg0.dataset, **cfg0.dataset_params)
+    bundle = _build_bundle(cfgs, data, device)
+    train = data.train.to(device)
+    batch, n_batches = _batching(len(train), cfg0.batch_size)
+    clock = _Clock(started=time.perf_counter())
+    for epoch in range(1, cfg0.epochs + 1):
+        t0 = time.perf_counter()
+        mean_losses = bundle.train_epoch(train, batch, n_batches)
+        clock.train_time += time.perf_counter() - t0
+        clock.images_seen += n_batches * batch
+        evaluate = epoch % cfg0.eval_every == 0 or epoch == cfg0.epochs
+        yield from bundle.records(epoch, mean_losses, evaluate, clock, state_out)
+        if not bundle.alive:
+            return
 
-    # Each member as fit builds it: seed everything, then build (initial weights).
+
+@dataclass
+class _Bundle:
+    """A fused bundle in training: the fused module and its Adam, each member's plain
+    model (evaluation copies the member's weights into it), RNGs and build parameters,
+    and the members still training (``active`` masks the others out of the loss)."""
+
+    cfgs: list[TrainConfig]
+    data: AnomalyDataset
+    device: torch.device
+    members: list[AE]
+    generators: list[torch.Generator]
+    member_params: list[dict]
+    global_rng: list[tuple]
+    model: FusedAE
+    optimizer: torch.optim.Optimizer
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    active: torch.Tensor
+    alive: list[int]
+    bases: list[dict]
+
+    def train_epoch(self, train: torch.Tensor, batch: int, n_batches: int) -> list[float]:
+        """One epoch of every member; their mean training losses."""
+        self.model.train()
+        # member k's batch order from member k's generator, as in its own fit
+        n = len(train)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
+        orders = orders.to(self.device)
+        epoch_loss = torch.zeros(len(self.cfgs), device=self.device)
+        for b in range(n_batches):
+            idx = orders[:, b * batch : (b + 1) * batch].t()  # B x K
+            x = train[idx]  # B x K x C x H x W
+            with self.autocast():
+                losses = self.model.member_losses(x, self.members[0])
+            loss = torch.where(self.active, losses, torch.zeros_like(losses)).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            epoch_loss += losses.detach().float()
+        return (epoch_loss / n_batches).tolist()
+
+    def records(
+        self,
+        epoch: int,
+        mean_losses: list[float],
+        evaluate: bool,
+        clock: _Clock,
+        state_out: Callable[[int, dict, dict], None] | None,
+    ) -> Iterator[tuple[int, dict]]:
+        """The members' records after ``epoch``: a diverged member's record (and the member
+        dropped) whenever one diverges, every member's at an evaluation epoch."""
+        for i in list(self.alive):
+            loss = mean_losses[i]
+            if not math.isfinite(loss):
+                record = _diverged_record(
+                    epoch, loss, clock.started, clock.train_time, clock.images_seen
+                )
+            elif evaluate:
+                member = self.members[i].to(self.device)
+                member.load_state_dict(self.model.member_state(i, member))
+                record = _evaluation_record(
+                    member, self.data, self.cfgs[i], self.device, self.autocast, epoch, loss, clock
+                )
+                if record["status"] != "diverged" and state_out is not None:
+                    state = self.member_training_state(
+                        i, member, epoch, clock.timers(record["elapsed_s"])
+                    )
+                    state_out(i, state, {**self.bases[i], **record})
+            else:
+                continue
+            yield i, {**self.bases[i], **record}
+            if record["status"] == "diverged":
+                self.drop(i)
+
+    def drop(self, i: int) -> None:
+        """Mask member ``i`` out of the loss and zero it (weights and Adam state)."""
+        self.active[i] = False
+        self.alive.remove(i)
+        self.model.reset_member(i, self.optimizer)
+
+    def member_training_state(self, i: int, member: AE, epoch: int, timers: dict) -> dict:
+        """Member ``i``'s training state as :func:`ae4ad.train.training_state` writes it
+        for a separate run (``member`` already holds its weights)."""
+        cfg = self.cfgs[i]
+        member_opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        member_opt.load_state_dict(self.model.member_optimizer_state(i, member, self.optimizer))
+        model_spec = {"name": cfg.model, "params": self.member_params[i]}
+        data_spec = dataset_spec(cfg, self.data)
+        saved = torch.get_rng_state(), np.random.get_state()
+        torch.set_rng_state(self.global_rng[i][0])
+        np.random.set_state(self.global_rng[i][1])
+        try:
+            return training_state(
+                epoch, cfg, member, member_opt, self.generators[i], timers, model_spec, data_spec
+            )
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+
+
+def _build_bundle(cfgs: list[TrainConfig], data: AnomalyDataset, device: torch.device) -> _Bundle:
+    """Each member as fit builds it (seed everything, then build: its initial weights),
+    fused into one module with one Adam."""
     members, generators, member_params, global_rng = [], [], [], []
     for cfg in cfgs:
         generators.append(seed_everything(cfg.seed))
@@ -403,134 +521,18 @@ def fit_many(
         # the global RNG states the member's own fit holds from here on (training and
         # evaluation of the fused models draw nothing from them)
         global_rng.append((torch.get_rng_state(), np.random.get_state()))
+    cfg0 = cfgs[0]
     model = FusedAE(members).to(device)
-    memory_format = torch.preserve_format
     if cfg0.channels_last and device.type == "cuda":
-        memory_format = torch.channels_last
-        model = model.to(memory_format=memory_format)
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg0.lr, weight_decay=cfg0.weight_decay)
-    use_bf16 = cfg0.bf16 and device.type == "cuda"
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     k = len(cfgs)
-    train = data.train.to(device)
-    n = len(train)
-    batch = min(cfg0.batch_size, n)
-    n_batches = max(1, n // batch)  # drop the ragged last batch, as fit does
-    active = torch.ones(k, dtype=torch.bool, device=device)
-    alive = list(range(k))
     bases = [
         {"device": str(device), "n_parameters": sum(p.numel() for p in m.parameters())}
         for m in members
     ]
-    started = time.perf_counter()
-    train_time, images_seen = 0.0, 0
-
-    for epoch in range(1, cfg0.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        # member k's batch order from member k's generator, as in its own fit
-        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
-        epoch_loss = torch.zeros(k, device=device)
-        for b in range(n_batches):
-            idx = orders[:, b * batch : (b + 1) * batch].t()  # B x K
-            x = train[idx]  # B x K x C x H x W
-            with autocast():
-                losses = model.member_losses(x, members[0])
-            loss = torch.where(active, losses, torch.zeros_like(losses)).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += losses.detach().float()
-        mean_losses = (epoch_loss / n_batches).tolist()
-        train_time += time.perf_counter() - t0
-        images_seen += n_batches * batch
-
-        evaluate = epoch % cfg0.eval_every == 0 or epoch == cfg0.epochs
-        for i in list(alive):
-            if not math.isfinite(mean_losses[i]):
-                record = _diverged_record(epoch, mean_losses[i], started, train_time, images_seen)
-                yield i, {**bases[i], **record}
-                _drop(i, model, optimizer, active, alive)
-                continue
-            if not evaluate:
-                continue
-            is_final = epoch == cfg0.epochs
-            record = {
-                "epoch": epoch,
-                "status": "completed" if is_final else "running",
-                "is_final": is_final,
-                "train_loss": mean_losses[i],
-                "train_time_s": train_time,
-                "images_per_s": images_seen / train_time if train_time > 0 else float("nan"),
-            }
-            member = members[i].to(device)
-            member.load_state_dict(model.member_state(i, member))
-            try:
-                record.update(_evaluate(member, data, cfgs[i], device, autocast, is_final))
-            except _NonFiniteOutput as exc:
-                record = _diverged_record(epoch, mean_losses[i], started, train_time, images_seen)
-                record["error"] = str(exc)
-                yield i, {**bases[i], **record}
-                _drop(i, model, optimizer, active, alive)
-                continue
-            record["elapsed_s"] = time.perf_counter() - started
-            if state_out is not None:
-                timers = {"train_time_s": train_time, "images_seen": images_seen}
-                timers["elapsed_s"] = record["elapsed_s"]
-                state = _member_training_state(
-                    epoch, cfgs[i], model, i, member, optimizer, generators[i], global_rng[i],
-                    timers, member_params[i], data,
-                )  # fmt: skip
-                state_out(i, state, {**bases[i], **record})
-            yield i, {**bases[i], **record}
-        if not alive:
-            return
-
-
-def _drop(
-    i: int,
-    model: FusedAE,
-    optimizer: torch.optim.Optimizer,
-    active: torch.Tensor,
-    alive: list[int],
-) -> None:
-    """Mask member ``i`` out of the loss and zero it (weights and Adam state)."""
-    active[i] = False
-    alive.remove(i)
-    model.reset_member(i, optimizer)
-
-
-def _member_training_state(
-    epoch: int,
-    cfg: TrainConfig,
-    model: FusedAE,
-    i: int,
-    member: AE,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    global_rng: tuple,
-    timers: dict,
-    params: dict,
-    data: AnomalyDataset,
-) -> dict:
-    """Member ``i``'s training state as :func:`ae4ad.train.training_state` writes it for a
-    separate run (``member`` already holds its weights)."""
-    member_opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    member_opt.load_state_dict(model.member_optimizer_state(i, member, optimizer))
-    model_spec = {"name": cfg.model, "params": params}
-    data_spec = dataset_spec(cfg, data)
-    saved = torch.get_rng_state(), np.random.get_state()
-    torch.set_rng_state(global_rng[0])
-    np.random.set_state(global_rng[1])
-    try:
-        return training_state(
-            epoch, cfg, member, member_opt, generator, timers, model_spec, data_spec
-        )
-    finally:
-        torch.set_rng_state(saved[0])
-        np.random.set_state(saved[1])
+    return _Bundle(
+        cfgs, data, device, members, generators, member_params, global_rng, model, optimizer,
+        _autocaster(cfg0, device), torch.ones(k, dtype=torch.bool, device=device),
+        list(range(k)), bases,
+    )  # fmt: skip

@@ -170,6 +170,44 @@ def _examples(
 STATE_FORMAT = "ae4ad-train-state/1"
 
 
+@dataclass
+class _Clock:
+    """A run's timers: when it started (``perf_counter``), seconds of training so far
+    and images trained on."""
+
+    started: float
+    train_time: float = 0.0
+    images_seen: int = 0
+
+    def timers(self, elapsed: float) -> dict:
+        """The timers a training state holds."""
+        return {
+            "train_time_s": self.train_time,
+            "images_seen": self.images_seen,
+            "elapsed_s": elapsed,
+        }
+
+
+def _autocaster(
+    cfg: TrainConfig, device: torch.device
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A fresh context for each forward pass: bf16 autocast when ``cfg.bf16`` on CUDA."""
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    return autocast
+
+
+def _batching(n: int, batch_size: int) -> tuple[int, int]:
+    """Batch size and batches per epoch for ``n`` training images."""
+    batch = min(batch_size, n)
+    return batch, max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 image)
+
+
 def fit(
     config: dict | TrainConfig,
     dataset: AnomalyDataset | None = None,
@@ -347,6 +385,38 @@ def _evaluate(
         rec.update(image_intrinsic_dimension(data.train.numpy()))
         rec["examples"] = _examples(model, data, test_eval["maps"], cfg.n_examples, device)
     return rec
+
+
+def _evaluation_record(
+    model: torch.nn.Module,
+    data: AnomalyDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    autocast,
+    epoch: int,
+    loss: float,
+    clock: _Clock,
+) -> dict:
+    """The record of the evaluation after ``epoch`` (``loss``: that epoch's mean training
+    loss); a ``diverged`` record when the model's output is not finite."""
+    is_final = epoch == cfg.epochs
+    train_time = clock.train_time
+    record = {
+        "epoch": epoch,
+        "status": "completed" if is_final else "running",
+        "is_final": is_final,
+        "train_loss": loss,
+        "train_time_s": train_time,
+        "images_per_s": clock.images_seen / train_time if train_time > 0 else float("nan"),
+    }
+    try:
+        record.update(_evaluate(model, data, cfg, device, autocast, is_final))
+    except _NonFiniteOutput as exc:
+        record = _diverged_record(epoch, loss, clock.started, train_time, clock.images_seen)
+        record["error"] = str(exc)
+        return record
+    record["elapsed_s"] = time.perf_counter() - clock.started
+    return record
 
 
 def _diverged_record(
