@@ -1,7 +1,7 @@
 """What checkpointing costs a trial, at the shipped spaces' evaluation frequency.
 
 A study reports a Ray Tune checkpoint at every evaluation (every ``eval_every``
-epochs, see study.runner.train_trial). One checkpoint is:
+epochs, see study.trainable.train_trial). One checkpoint is:
 
 1. capture: ``ae4ad.train.training_state`` copies the weights, the optimiser state and
    the RNG states to the CPU;

@@ -21,7 +21,7 @@ from unittest import mock
 import pytest
 import torch
 
-from study import runner
+from study import cluster, runner
 from study.runner import RunOptions, check_resources
 from study.space import load_space
 
@@ -94,7 +94,7 @@ def test_half_gpu_trials_run_four_at_once_on_two_gpus(tmp_path, ray_with_two_gpu
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     bundle = check_resources(space, nodes)
     assert bundle == {"CPU": 0.5, "GPU": 0.5}
-    assert runner._concurrency(space, bundle, nodes) == 4
+    assert cluster.concurrency(space, bundle, nodes) == 4
 
     folder = tmp_path / "probe"
     folder.mkdir()

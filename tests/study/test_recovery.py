@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 import ae4ad
-from study import runner
+from study import runner, tuner
 from study.results import read_meta
 from study.runner import RunOptions, run_study
 from study.space import fit_config, grid_trials, load_space, trial_id
@@ -108,7 +108,7 @@ def test_killed_worker_continues_from_its_last_checkpoint(tmp_path, ray_session,
     space = load_space(str(path))
     seen: dict = {}
     killed: dict = {}
-    original = runner._Collector.result
+    original = tuner.Collector.result
 
     def result_and_look(self, trial, result):
         original(self, trial, result)
@@ -127,7 +127,7 @@ def test_killed_worker_continues_from_its_last_checkpoint(tmp_path, ray_session,
                 return
             time.sleep(0.02)
 
-    monkeypatch.setattr(runner._Collector, "result", result_and_look)
+    monkeypatch.setattr(tuner.Collector, "result", result_and_look)
     killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
     killer.start()
     out = run_study(space, RunOptions(report=False, progress_interval_s=3600))
@@ -263,7 +263,7 @@ def test_file_uri_storage_on_a_two_node_cluster(tmp_path, monkeypatch):
         initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}}
     )
     seen: list[str] = []
-    original = runner._Collector.finish
+    original = tuner.Collector.finish
 
     def finish_and_look(self, trial, error):
         checkpoint = getattr(trial, "checkpoint", None)
@@ -274,12 +274,12 @@ def test_file_uri_storage_on_a_two_node_cluster(tmp_path, monkeypatch):
         cluster.add_node(num_cpus=1, resources={"node_b": 1})
         cluster.wait_for_nodes()
         node_ids = {node.node_id for node in cluster.list_all_nodes()}
-        runner._Collector.finish = finish_and_look
+        tuner.Collector.finish = finish_and_look
         result = run_study(
             space, RunOptions(address=cluster.address, report=False, progress_interval_s=3600)
         )
     finally:
-        runner._Collector.finish = original
+        tuner.Collector.finish = original
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()

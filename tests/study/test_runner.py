@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from study import runner
+from study import cluster, runner, tuner
 from study.results import RunTables, read_meta, trial_status
 from study.runner import RunOptions, StudyError, check_resources, run_study
 from study.space import grid_trials, load_space, trial_id
@@ -303,7 +303,7 @@ def test_check_resources_names_what_is_missing():
     with pytest.raises(StudyError, match="GPUs per trial"):
         check_resources(load_space("smoke", ["resources.gpus_per_trial=2"]), [gpu_node])
     # four trials share one GPU (0.25 each), limited by the node's 4 CPUs
-    assert runner._concurrency(space, {"CPU": 1.0, "GPU": 0.25}, [gpu_node]) == 4
+    assert cluster.concurrency(space, {"CPU": 1.0, "GPU": 0.25}, [gpu_node]) == 4
 
 
 def test_asha_counts_epochs_and_a_stopped_trial_is_early_stopped():
@@ -311,10 +311,10 @@ def test_asha_counts_epochs_and_a_stopped_trial_is_early_stopped():
         "smoke",
         ["scheduler={type: asha, grace_period: 1, reduction_factor: 2}", "training.epochs=4"],
     )
-    scheduler = runner._scheduler(space)  # one ASHA per stratum (tests/study/test_scheduler.py)
+    scheduler = tuner.make_scheduler(space)  # one ASHA per stratum (tests/study/test_scheduler.py)
     assert scheduler.schedulers["phantom/ae"]._time_attr == "epoch"
     assert scheduler.max_t("phantom/ae") == 4
-    assert runner._scheduler(load_space("smoke")) is None
+    assert tuner.make_scheduler(load_space("smoke")) is None
     assert trial_status([{"epoch": 2, "status": "running", "is_final": False}]) == "early-stopped"
     assert trial_status([{"epoch": 3, "status": "diverged", "is_final": True}]) == "diverged"
 

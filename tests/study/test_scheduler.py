@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from study import runner
+from study import runner, tuner
 from study.results import RunTables
 from study.space import load_space
 
@@ -162,12 +162,12 @@ def test_max_t_comes_from_each_stratums_epochs():
     )
     from study.scheduler import StratifiedScheduler
 
-    scheduler = runner._scheduler(space)
+    scheduler = tuner.make_scheduler(space)
     assert isinstance(scheduler, StratifiedScheduler)
     assert scheduler.max_t(EASY) == 30 and scheduler.max_t(HARD) == 60
     asha = scheduler.schedulers[HARD]
     assert asha._time_attr == "epoch" and asha._brackets[0]._rungs[-1][0] == 60  # grace <= max_t
-    assert runner._scheduler(load_space("smoke")) is None
+    assert tuner.make_scheduler(load_space("smoke")) is None
     # a trial of a stratum the space does not name still gets a scheduler of its own
     stray = FakeTrial("x", {"stratum": "other/ae"})
     scheduler.on_trial_add(None, stray)
@@ -211,7 +211,7 @@ def test_resume_restores_the_rungs_from_the_history(tmp_path):
     loaded = RunTables.load(tables.run_dir)
 
     out = io.StringIO()
-    restored = runner._scheduler(space, loaded, out)
+    restored = tuner.make_scheduler(space, loaded, out)
     assert "rungs restored from the history of 12 finished trial(s)" in out.getvalue()
     for stratum in (EASY, HARD):
         assert rungs(restored, stratum) == rungs(live, stratum)

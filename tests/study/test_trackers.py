@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from study import cli, runner, trackers
+from study import cli, runner, trackers, tuner
 from study.runner import RunOptions, run_study
 from study.space import SpaceError, load_space, validate_space
 
@@ -149,7 +149,7 @@ def test_tracker_callbacks_get_every_scalar_of_the_record_at_its_epoch():
         def log_trial_result(self, iteration, trial, result):
             logged.append(result)
 
-    cls = trackers._on_epochs(Base, runner._record, "auc")
+    cls = trackers._on_epochs(Base, tuner.record_from_result, "auc")
     result = {
         "epoch": 5, "auc": 0.0, "metric_replaced": True, "status": "diverged", "ap": 0.25,
         "is_final": True, "scores": [0.1, 0.2], "node_id": "abc", "training_iteration": 2,

@@ -1,0 +1,168 @@
+"""The Ray Tune trainable of a study: one trial is one ``ae4ad.fit``, each record
+reported to Tune with a checkpoint to continue from.
+
+Plain records travel as they are; the few things Tune needs on top (a finite objective,
+where the trial ran, which checkpoint it continued from) are added here, and nowhere
+else. The driver's side of the same records is :mod:`study.tuner`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ae4ad.metrics import METRICS
+from study.space import fit_config
+
+__all__ = ["objective_stand_in", "train_trial"]
+
+
+def objective_stand_in(metric: str, mode: str) -> float:
+    """A finite, worst-possible value reported in place of a NaN/missing objective: the
+    bound on the wrong side for a metric bounded in [0, 1] (see :mod:`ae4ad.metrics`),
+    else a huge finite number.
+
+    >>> objective_stand_in("auc", "max"), objective_stand_in("train_loss", "min")
+    (0.0, 1e+30)
+    """
+    known = METRICS.get(metric)
+    if known is not None and known.bounded:
+        return 0.0 if mode == "max" else 1.0
+    return -1e30 if mode == "max" else 1e30
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _start_state(sources: Sequence[Any]) -> tuple[dict | None, list[dict], str | None]:
+    """The training state and records of the first readable checkpoint of
+    ``sources`` (``ray.tune.Checkpoint``s, newest first), and why the ones before it
+    did not read; (None, [], why) when none reads."""
+    from ae4ad.trained import load_checkpoint
+    from study.checkpoints import RECORDS_FILE
+
+    errors = []
+    for source in sources:
+        try:
+            with source.as_directory() as folder:
+                state = load_checkpoint(folder)
+                records = json.loads((Path(folder) / RECORDS_FILE).read_text("utf-8"))
+            records = [r for r in records if int(r["epoch"]) <= int(state["epoch"])]
+            return state, records, "; ".join(errors) or None
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint: try the next one
+            errors.append(f"{source.path}: {type(exc).__name__}: {exc}"[:300])
+    return None, [], "; ".join(errors) or None
+
+
+def train_trial(
+    config: dict,
+    datasets: Mapping[str, Any],
+    objective: tuple[str, str] = ("auc", "max"),
+    resume_from: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """The Ray Tune trainable: train one trial with ``ae4ad.fit`` and report each record
+    with a checkpoint.
+
+    ``datasets`` maps data set labels to object references of the data sets the driver
+    built (from ``tune.with_parameters``); ``objective`` is (metric, mode) of the
+    scheduler. Records are reported as they are, except: lists and mappings only on the
+    final record (scores, labels, examples); a NaN or missing objective is replaced by
+    a finite worst value with ``metric_replaced: True`` (schedulers and Optuna cannot
+    take NaN); ``node_id`` says where the trial ran; ``resumed_from_epoch`` the epoch
+    of the checkpoint it continued from (0: trained from scratch; ``resume_error`` says
+    why a checkpoint it was given could not be read).
+
+    Every record comes with a ``ray.tune.Checkpoint`` (:mod:`study.checkpoints`): the
+    model, the training state and the records so far. The trial continues from
+    ``tune.get_checkpoint()`` when Tune restarts it, else from the newest readable of
+    ``resume_from[trial_id]`` (checkpoints an earlier session left, for ``--resume``).
+    When the storage cannot take checkpoints (a local ``storage_path`` that a worker
+    node does not share) the trial goes on without them.
+    """
+    import ray
+    from ray import tune
+
+    import ae4ad
+
+    data = datasets[config["dataset_label"]]
+    if isinstance(data, ray.ObjectRef):
+        data = ray.get(data)
+    tid = str(config.get("trial_id") or "")
+    sources = [tune.get_checkpoint()]
+    sources += [tune.Checkpoint(p) for p in (resume_from or {}).get(tid, [])]
+    start_state, history, resume_error = _start_state([s for s in sources if s is not None])
+    extra = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "resumed_from_epoch": int(start_state["epoch"]) if start_state is not None else 0,
+    }
+    if resume_error:
+        extra["resume_error"] = resume_error
+    states: list[dict] = []
+    fit = ae4ad.fit(
+        fit_config(config),
+        dataset=data,
+        start_state=start_state,
+        state_out=lambda state, record: states.append(state),
+    )
+    del start_state
+    reporter = _Reporter(tid, objective, history)
+    for record in fit:
+        reporter.report({**reported(record, objective), **extra}, states.pop() if states else None)
+
+
+def reported(record: Mapping[str, Any], objective: tuple[str, str]) -> dict[str, Any]:
+    """What Tune gets of one of ``fit``'s records: lists and mappings only on the final
+    record; a NaN or missing objective replaced by a finite worst value, marked with
+    ``metric_replaced: True``."""
+    from study.searcher import REPLACED_KEY
+
+    metric, mode = objective
+    final = bool(record.get("is_final"))
+    out = {k: v for k, v in record.items() if final or _is_scalar(v)}
+    value = out.get(metric)
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        out[metric] = objective_stand_in(metric, mode)
+        out[REPLACED_KEY] = True
+    return out
+
+
+class _Reporter:
+    """Reports a trial's records to Tune, each with a checkpoint of the training state
+    and the records so far, until the storage refuses one (then without)."""
+
+    def __init__(self, tid: str, objective: tuple[str, str], history: list[dict]) -> None:
+        self.tid, self.metric = tid, objective[0]
+        self.history = history
+        self.checkpoints = True
+
+    def report(self, out: dict[str, Any], state: dict | None) -> None:
+        from ray import tune
+
+        from ae4ad.trained import save_checkpoint
+        from study.checkpoints import RECORDS_FILE
+        from study.searcher import REPLACED_KEY
+
+        if state is None or not self.checkpoints:
+            tune.report(out)
+            return
+        kept = {k: v for k, v in out.items() if _is_scalar(v) and k != REPLACED_KEY}
+        if out.get(REPLACED_KEY):
+            kept[self.metric] = float("nan")  # as the tables record it
+        self.history.append(kept)
+        with tempfile.TemporaryDirectory(prefix="ae4ad-checkpoint-") as folder:
+            save_checkpoint(folder, state, extra={"trial_id": self.tid})
+            text = json.dumps(self.history, default=str, allow_nan=True)
+            (Path(folder) / RECORDS_FILE).write_text(text, encoding="utf-8")
+            del state
+            try:
+                tune.report(out, checkpoint=tune.Checkpoint.from_directory(folder))
+            except RuntimeError as exc:
+                if "storage" not in str(exc).lower():
+                    raise
+                self.checkpoints = False  # storage not reachable from this node
+                tune.report({**out, "checkpoint_error": " ".join(str(exc).split())[:300]})
