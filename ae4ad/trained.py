@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ae4ad.atomic import atomic_write
 from ae4ad.data.base import AnomalyDataset, DataError
 from ae4ad.data.cache import IMAGE_EXTENSIONS, to_unit_range
 from ae4ad.models import build_model
@@ -102,14 +102,7 @@ def model_payload(state: dict) -> dict:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(folder: str | os.PathLike, state: dict, extra: dict | None = None) -> Path:

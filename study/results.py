@@ -41,12 +41,10 @@ import contextlib
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ae4ad.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "BEST_METRICS",
@@ -201,55 +201,11 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _temp_beside(path: Path) -> str:
-    """A new temporary file in ``path``'s folder, readable like any new file (mkstemp
-    alone makes it private)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    return tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _atomic_frame(path: Path, frame: pd.DataFrame, kind: str) -> None:
-    tmp = _temp_beside(path)
-    try:
-        if kind == "parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    if kind == "parquet":
+        atomic_write(path, lambda f: frame.to_parquet(f, index=False))
+    else:
+        atomic_write_text(path, frame.to_csv(index=False))
 
 
 # --------------------------------------------------------------------------- rows
