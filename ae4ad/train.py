@@ -248,75 +248,65 @@ def fit(
     start_epoch, progress = 0, {"train_time_s": 0.0, "images_seen": 0, "elapsed_s": 0.0}
     if start_state is not None:
         start_epoch, progress = _restore(start_state, cfg, model, optimizer, generator)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    autocast = _autocaster(cfg, device)
 
     train = data.train.to(device).contiguous(memory_format=memory_format)
-    n = len(train)
-    batch = min(cfg.batch_size, n)
-    n_batches = max(1, n // batch)  # drop the ragged last batch (BatchNorm needs > 1 image)
-    started = time.perf_counter() - float(progress["elapsed_s"])
-    train_time, images_seen = float(progress["train_time_s"]), int(progress["images_seen"])
-    losses: list[float] = []
-    base = {
-        "device": str(device),
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-    }
+    batch, n_batches = _batching(len(train), cfg.batch_size)
+    clock = _Clock(
+        started=time.perf_counter() - float(progress["elapsed_s"]),
+        train_time=float(progress["train_time_s"]),
+        images_seen=int(progress["images_seen"]),
+    )
+    base = {"device": str(device), "n_parameters": sum(p.numel() for p in model.parameters())}
     model_spec = {"name": cfg.model, "params": model_params}
     data_spec = dataset_spec(cfg, data)
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=generator).to(device)
-        epoch_loss = torch.zeros((), device=device)
-        for b in range(n_batches):
-            x = train[order[b * batch : (b + 1) * batch]]
-            with autocast():
-                loss, _ = model.training_loss(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.detach().float()
-        mean_loss = float(epoch_loss) / n_batches
-        train_time += time.perf_counter() - t0
-        images_seen += n_batches * batch
-        losses.append(mean_loss)
-
+        mean_loss = _train_epoch(model, optimizer, train, generator, batch, n_batches, autocast)
+        clock.train_time += time.perf_counter() - t0
+        clock.images_seen += n_batches * batch
         if not math.isfinite(mean_loss):
-            record = _diverged_record(epoch, mean_loss, started, train_time, images_seen)
-            yield {**base, **record}
-            return
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            is_final = epoch == cfg.epochs
-            record = {
-                "epoch": epoch,
-                "status": "completed" if is_final else "running",
-                "is_final": is_final,
-                "train_loss": mean_loss,
-                "train_time_s": train_time,
-                "images_per_s": images_seen / train_time if train_time > 0 else float("nan"),
-            }
-            try:
-                record.update(_evaluate(model, data, cfg, device, autocast, is_final))
-            except _NonFiniteOutput as exc:
-                record = _diverged_record(epoch, mean_loss, started, train_time, images_seen)
-                record["error"] = str(exc)
-                yield {**base, **record}
-                return
-            record["elapsed_s"] = time.perf_counter() - started
-            if state_out is not None:
-                timers = {"train_time_s": train_time, "images_seen": images_seen}
-                timers["elapsed_s"] = record["elapsed_s"]
+            record = _diverged_record(
+                epoch, mean_loss, clock.started, clock.train_time, clock.images_seen
+            )
+        elif epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            record = _evaluation_record(model, data, cfg, device, autocast, epoch, mean_loss, clock)
+            if record["status"] != "diverged" and state_out is not None:
+                timers = clock.timers(record["elapsed_s"])
                 state = training_state(
                     epoch, cfg, model, optimizer, generator, timers, model_spec, data_spec
                 )
                 state_out(state, {**base, **record})
-            yield {**base, **record}
+        else:
+            continue
+        yield {**base, **record}
+        if record["status"] == "diverged":
+            return
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: torch.Tensor,
+    generator: torch.Generator,
+    batch: int,
+    n_batches: int,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> float:
+    """One epoch over ``train`` in the order ``generator`` draws; the mean training loss."""
+    model.train()
+    order = torch.randperm(len(train), generator=generator).to(train.device)
+    epoch_loss = torch.zeros((), device=train.device)
+    for b in range(n_batches):
+        x = train[order[b * batch : (b + 1) * batch]]
+        with autocast():
+            loss, _ = model.training_loss(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        epoch_loss += loss.detach().float()
+    return float(epoch_loss) / n_batches
 
 
 def dataset_spec(cfg: TrainConfig, data: AnomalyDataset) -> dict:
