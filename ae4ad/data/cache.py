@@ -1,5 +1,6 @@
-"""Shared helpers of the file-based data sources: reading and resizing images, and an
-on-disk cache of the resized arrays.
+"""Shared helpers of the file-based data sources: reading and resizing images, an
+on-disk cache of the resized arrays, and the data set's tensors from those arrays
+(:func:`split_tensors`).
 
 Images are read with Pillow, converted to grayscale ("L") or "RGB", resized bilinearly to
 S x S and kept as uint8 until the end; :func:`to_unit_range` maps them to float32 in [-1, 1].
@@ -35,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from ae4ad.atomic import atomic_write
@@ -153,6 +155,32 @@ def resize_array(images: np.ndarray, *, image_size: int, rgb: bool) -> np.ndarra
 def to_unit_range(images: np.ndarray) -> np.ndarray:
     """uint8 in [0, 255] -> float32 in [-1, 1] (new array)."""
     return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def split_tensors(
+    arrays: dict[str, np.ndarray], *, unit_range: bool = False, masks: bool = True
+) -> dict[str, torch.Tensor | None]:
+    """The split fields of an :class:`~ae4ad.data.base.AnomalyDataset` (``train``,
+    ``test``, ``test_labels``, ``test_masks``, ``val``, ``val_labels``, ``val_masks``) from
+    loaded arrays of those names; a missing array gives None. Images become float32
+    (``unit_range``: uint8 mapped to [-1, 1] by :func:`to_unit_range`), labels int64, masks
+    float32 (None for all without ``masks``)."""
+
+    def tensor(k: str, dtype: torch.dtype) -> torch.Tensor | None:
+        return torch.tensor(arrays[k], dtype=dtype) if k in arrays else None
+
+    def images(k: str) -> torch.Tensor | None:
+        if unit_range and k in arrays:
+            return torch.from_numpy(to_unit_range(arrays[k]))
+        return tensor(k, torch.float32)
+
+    out: dict[str, torch.Tensor | None] = {}
+    for split in ("train", "test", "val"):
+        out[split] = images(split)
+        if split != "train":
+            out[f"{split}_labels"] = tensor(f"{split}_labels", torch.long)
+            out[f"{split}_masks"] = tensor(f"{split}_masks", torch.float32) if masks else None
+    return out
 
 
 def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:

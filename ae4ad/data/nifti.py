@@ -60,7 +60,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ae4ad.data import cache as cache_lib
 from ae4ad.data import pixels
@@ -79,6 +78,17 @@ class _Volume:
     image: Path
     seg: Path | None
     split: str = ""
+
+
+@dataclass
+class _Found:
+    """The volumes to load, the base of their relative paths, the CSV that listed them
+    (None for a folder of subject folders) and the data set's name."""
+
+    volumes: list[_Volume]
+    base: Path
+    csv: Path | None
+    name: str
 
 
 # ----------------------------------------------------------------------------- finding
@@ -170,6 +180,25 @@ def _read_csv(csv_path: Path, base: Path) -> list[_Volume]:
     return out
 
 
+def _find_volumes(root: str | os.PathLike | None, csv: str | None, modality: str) -> _Found:
+    """The volumes listed in ``csv``, else those in the subject folders of ``root``."""
+    root_path = None
+    if root is not None:
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
+            raise DataError(f"data root {root_path} does not exist (expected a folder)")
+    if csv is not None:
+        csv_path = Path(csv).expanduser()
+        if not csv_path.is_absolute() and root_path is not None:
+            csv_path = root_path / csv_path
+        base = root_path if root_path is not None else csv_path.parent
+        return _Found(_read_csv(csv_path, base), base, csv_path, Path(csv).stem)
+    if root_path is None:
+        raise DataError("nifti: give root=<folder of subject folders> or csv=<list of volumes>")
+    volumes = _scan_root(root_path, modality)
+    return _Found(volumes, root_path, None, root_path.resolve().name)
+
+
 def _assign_splits(
     volumes: list[_Volume], test_fraction: float, val_fraction: float, seed: int
 ) -> dict[str, list[str]]:
@@ -238,9 +267,9 @@ def _square(plane: np.ndarray, fill: float) -> np.ndarray:
     return np.pad(plane, ((top, s - h - top), (left, s - w - left)), constant_values=fill)
 
 
-def _slice_volume(vol: _Volume, role: str, p: dict) -> dict:
-    """The kept slices of one volume: images float16 (n, 1, S, S) in [-1, 1], labels,
-    masks, slice indices and drop counts. Training volumes keep normal slices only."""
+def _read_volume(vol: _Volume, p: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """The volume (float32) and its lesion mask (bool, or None without a segmentation),
+    turned to RAS with ``reorient``."""
     img, data = _load(vol.image, "volume")
     data = np.asarray(data, dtype=np.float32)
     seg = None
@@ -264,17 +293,27 @@ def _slice_volume(vol: _Volume, role: str, p: dict) -> dict:
             seg = nib.orientations.apply_orientation(seg, ornt)
     if not np.all(np.isfinite(data)):
         raise DataError(f"volume {vol.image} holds NaN or infinite values")
+    return data, seg
 
-    axis, size = p["axis"], p["image_size"]
-    fg = data > data.min()
+
+def _to_unit(data: np.ndarray, fg: np.ndarray, percentiles: list[float]) -> np.ndarray:
+    """Intensities clipped at the foreground's percentiles and scaled to [0, 1]."""
     if fg.any():
-        lo, hi = (float(v) for v in np.percentile(data[fg], p["percentiles"]))
+        lo, hi = (float(v) for v in np.percentile(data[fg], percentiles))
     else:
         lo = hi = float(data.min())
     if hi > lo:
-        unit = np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
-    else:
-        unit = fg.astype(np.float32)
+        return np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+    return fg.astype(np.float32)
+
+
+def _slice_volume(vol: _Volume, role: str, p: dict) -> dict:
+    """The kept slices of one volume: images float16 (n, 1, S, S) in [-1, 1], labels,
+    masks, slice indices and drop counts. Training volumes keep normal slices only."""
+    data, seg = _read_volume(vol, p)
+    axis, size = p["axis"], p["image_size"]
+    fg = data > data.min()
+    unit = _to_unit(data, fg, p["percentiles"])
     unit = np.ascontiguousarray(np.moveaxis(unit, axis, 0))  # slice k = unit[k]
     if seg is not None:
         seg = np.ascontiguousarray(np.moveaxis(seg, axis, 0))
@@ -359,6 +398,118 @@ def _build(volumes: list[_Volume], roles: list[str], p: dict) -> dict[str, np.nd
     return out
 
 
+# ----------------------------------------------------------------------------- loading
+
+
+def _check_axis(axis: int | str) -> int:
+    if isinstance(axis, str):
+        if axis.lower() not in _AXES:
+            raise DataError(f"axis must be 0, 1, 2 or {', '.join(_AXES)}, got {axis!r}")
+        axis = _AXES[axis.lower()]
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise DataError(f"axis must be 0, 1, 2 or {', '.join(_AXES)}, got {axis!r}")
+    return axis
+
+
+def _check_fraction(name: str, value, low_open: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not ((0.0 < value) if low_open else (0.0 <= value)) or value >= 1.0:
+        raise DataError(f"{name} must be in {'(0' if low_open else '[0'}, 1), got {value!r}")
+    return float(value)
+
+
+def _check_fractions(test_fraction, val_fraction) -> tuple[float, float]:
+    test_fraction = _check_fraction("test_fraction", test_fraction, True)
+    val_fraction = _check_fraction("val_fraction", val_fraction, False)
+    if test_fraction + val_fraction >= 1.0:
+        raise DataError(
+            f"test_fraction + val_fraction must be below 1, got {test_fraction + val_fraction}"
+        )
+    return test_fraction, val_fraction
+
+
+def _slicing_params(
+    image_size: int,
+    axis: int,
+    reorient,
+    min_foreground,
+    min_lesion_pixels: int,
+    seg_labels,
+    percentiles,
+) -> dict:
+    """The parameters of :func:`_slice_volume`, with the last ones checked."""
+    if (
+        isinstance(min_foreground, bool)
+        or not isinstance(min_foreground, (int, float))
+        or not (0.0 <= min_foreground <= 1.0)
+    ):
+        raise DataError(f"min_foreground must be in [0, 1], got {min_foreground!r}")
+    percentiles = pixels.check_percentiles(percentiles)
+    if seg_labels is not None:
+        values = [seg_labels] if isinstance(seg_labels, int) else list(seg_labels)
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise DataError(f"seg_labels must be integers (or None for any), got {seg_labels!r}")
+        seg_labels = sorted(set(values))
+    return {
+        "image_size": image_size,
+        "axis": axis,
+        "reorient": bool(reorient),
+        "min_foreground": float(min_foreground),
+        "min_lesion_pixels": min_lesion_pixels,
+        "seg_labels": seg_labels,
+        "percentiles": list(percentiles),
+    }
+
+
+def _cached_slices(
+    found: _Found,
+    subjects: dict[str, list[str]],
+    p: dict,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[dict[str, np.ndarray], str, Path | None]:
+    """The slices of every volume, split by subject (see :func:`cache.cached_arrays`)."""
+    role = {s: split for split, names in subjects.items() for s in names}
+    volumes = found.volumes
+    for v in volumes:
+        v.split = role[v.subject]
+    volumes.sort(key=lambda v: (v.subject, str(v.image)))
+    roles = [v.split for v in volumes]
+    files = [] if found.csv is None else [found.csv]
+    files += [v.image for v in volumes] + [v.seg for v in volumes if v.seg is not None]
+    params = {
+        **p,
+        "base": str(found.base.resolve()),
+        "volumes": [[v.subject, str(v.image), str(v.seg), v.split] for v in volumes],
+    }
+    key = cache_lib.cache_key("nifti", params, cache_lib.file_fingerprint(files, found.base))
+    if cache_dir is None:
+        cache_dir = cache_lib.default_cache_dir(found.base)
+    return cache_lib.cached_arrays(
+        key,
+        lambda: _build(volumes, roles, p),
+        cache_dir=cache_dir,
+        prefix=f"nifti-{p['image_size']}",
+        use_cache=cache,
+    )
+
+
+def _require_slices(arrays: dict[str, np.ndarray], subjects: dict[str, list[str]]) -> None:
+    """Normal training slices and abnormal test slices must be left after slicing."""
+    if "train" not in arrays:
+        raise DataError(
+            f"no normal slices in the training subjects ({', '.join(subjects['train'][:5])}"
+            f"{', ...' if len(subjects['train']) > 5 else ''}); lower min_foreground or "
+            "check the segmentations"
+        )
+    if "test" not in arrays or not int(arrays["test_labels"].sum()):
+        raise DataError(
+            f"no abnormal slices in the test subjects ({', '.join(subjects['test'][:5])}"
+            f"{', ...' if len(subjects['test']) > 5 else ''}); check the segmentations and "
+            "min_lesion_pixels, or change seed / test_fraction"
+        )
+
+
 @register_source("nifti")
 def load_nifti(
     root: str | os.PathLike | None = None,
@@ -399,147 +550,39 @@ def load_nifti(
         cache_dir: default ``AE4AD_CACHE`` or ``<root>/.ae4ad_cache`` (the CSV's folder
             without ``root``).
     """
-
-    def integer(name: str, value, low: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
-        return value
-
-    def fraction(name: str, value, low_open: bool) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or not ((0.0 < value) if low_open else (0.0 <= value)) or value >= 1.0:
-            raise DataError(f"{name} must be in {'(0' if low_open else '[0'}, 1), got {value!r}")
-        return float(value)
-
-    image_size = integer("image_size", image_size, 1)
-    seed = integer("seed", seed, 0)
-    min_lesion_pixels = integer("min_lesion_pixels", min_lesion_pixels, 1)
-    if isinstance(axis, str):
-        if axis.lower() not in _AXES:
-            raise DataError(f"axis must be 0, 1, 2 or {', '.join(_AXES)}, got {axis!r}")
-        axis = _AXES[axis.lower()]
-    if isinstance(axis, bool) or axis not in (0, 1, 2):
-        raise DataError(f"axis must be 0, 1, 2 or {', '.join(_AXES)}, got {axis!r}")
-    test_fraction = fraction("test_fraction", test_fraction, True)
-    val_fraction = fraction("val_fraction", val_fraction, False)
-    if test_fraction + val_fraction >= 1.0:
-        raise DataError(
-            f"test_fraction + val_fraction must be below 1, got {test_fraction + val_fraction}"
-        )
-    if (
-        isinstance(min_foreground, bool)
-        or not isinstance(min_foreground, (int, float))
-        or not (0.0 <= min_foreground <= 1.0)
-    ):
-        raise DataError(f"min_foreground must be in [0, 1], got {min_foreground!r}")
-    percentiles = pixels.check_pair("percentiles", percentiles)
-    if not (0.0 <= percentiles[0] and percentiles[1] <= 100.0):
-        raise DataError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
-    if seg_labels is not None:
-        values = [seg_labels] if isinstance(seg_labels, int) else list(seg_labels)
-        if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise DataError(f"seg_labels must be integers (or None for any), got {seg_labels!r}")
-        seg_labels = sorted(set(values))
+    image_size = pixels.check_int("image_size", image_size, 1)
+    seed = pixels.check_int("seed", seed, 0)
+    min_lesion_pixels = pixels.check_int("min_lesion_pixels", min_lesion_pixels, 1)
+    axis = _check_axis(axis)
+    test_fraction, val_fraction = _check_fractions(test_fraction, val_fraction)
+    p = _slicing_params(
+        image_size, axis, reorient, min_foreground, min_lesion_pixels, seg_labels, percentiles
+    )
     if not isinstance(modality, str) or not modality:
         raise DataError(f"modality must be a file tag such as flair, got {modality!r}")
 
-    root_path = None
-    if root is not None:
-        root_path = Path(root).expanduser()
-        if not root_path.is_dir():
-            raise DataError(f"data root {root_path} does not exist (expected a folder)")
-    if csv is not None:
-        csv_path = Path(csv).expanduser()
-        if not csv_path.is_absolute() and root_path is not None:
-            csv_path = root_path / csv_path
-        base = root_path if root_path is not None else csv_path.parent
-        volumes = _read_csv(csv_path, base)
-        meta = [csv_path]
-    elif root_path is not None:
-        base = root_path
-        volumes = _scan_root(root_path, modality)
-        meta = []
-    else:
-        raise DataError("nifti: give root=<folder of subject folders> or csv=<list of volumes>")
-
-    subjects = _assign_splits(volumes, test_fraction, val_fraction, seed)
-    role = {s: split for split, names in subjects.items() for s in names}
-    for v in volumes:
-        v.split = role[v.subject]
-    volumes.sort(key=lambda v: (v.subject, str(v.image)))
-    roles = [v.split for v in volumes]
-
-    p = {
-        "image_size": image_size,
-        "axis": axis,
-        "reorient": bool(reorient),
-        "min_foreground": float(min_foreground),
-        "min_lesion_pixels": min_lesion_pixels,
-        "seg_labels": seg_labels,
-        "percentiles": list(percentiles),
-    }
-    files = meta + [v.image for v in volumes] + [v.seg for v in volumes if v.seg is not None]
-    params = {
-        **p,
-        "base": str(base.resolve()),
-        "volumes": [[v.subject, str(v.image), str(v.seg), v.split] for v in volumes],
-    }
-    key = cache_lib.cache_key("nifti", params, cache_lib.file_fingerprint(files, base))
-    if cache_dir is None:
-        cache_dir = cache_lib.default_cache_dir(base)
-    arrays, where, cache_file = cache_lib.cached_arrays(
-        key,
-        lambda: _build(volumes, roles, p),
-        cache_dir=cache_dir,
-        prefix=f"nifti-{image_size}",
-        use_cache=cache,
-    )
-    info = json.loads(str(arrays["info_json"]))
-    if "train" not in arrays:
-        raise DataError(
-            f"no normal slices in the training subjects ({', '.join(subjects['train'][:5])}"
-            f"{', ...' if len(subjects['train']) > 5 else ''}); lower min_foreground or "
-            "check the segmentations"
-        )
-    if "test" not in arrays or not int(arrays["test_labels"].sum()):
-        raise DataError(
-            f"no abnormal slices in the test subjects ({', '.join(subjects['test'][:5])}"
-            f"{', ...' if len(subjects['test']) > 5 else ''}); check the segmentations and "
-            "min_lesion_pixels, or change seed / test_fraction"
-        )
-
-    def images(k: str) -> torch.Tensor | None:
-        return torch.tensor(arrays[k], dtype=torch.float32) if k in arrays else None
-
-    def tensor(k: str, dtype: torch.dtype) -> torch.Tensor | None:
-        return torch.tensor(arrays[k], dtype=dtype) if k in arrays else None
-
+    found = _find_volumes(root, csv, modality)
+    subjects = _assign_splits(found.volumes, test_fraction, val_fraction, seed)
+    arrays, where, cache_file = _cached_slices(found, subjects, p, cache, cache_dir)
+    _require_slices(arrays, subjects)
     n_sub = {k: len(v) for k, v in subjects.items()}
-    has_masks = any(v.seg is not None for v in volumes)
-    name = (root_path or base).resolve().name if csv is None else Path(csv).stem
     return AnomalyDataset(
-        name=name or "nifti",
+        name=found.name or "nifti",
         description=(
-            f"NIfTI {modality} slices from {base}: subjects {n_sub['train']} train / "
+            f"NIfTI {modality} slices from {found.base}: subjects {n_sub['train']} train / "
             f"{n_sub['val']} val / {n_sub['test']} test, axis {axis}, {image_size} px"
         ),
-        train=images("train"),
-        test=images("test"),
-        test_labels=tensor("test_labels", torch.long),
-        test_masks=tensor("test_masks", torch.float32) if has_masks else None,
-        val=images("val"),
-        val_labels=tensor("val_labels", torch.long),
-        val_masks=tensor("val_masks", torch.float32) if has_masks else None,
+        **cache_lib.split_tensors(arrays, masks=any(v.seg is not None for v in found.volumes)),
         info={
             "source": "nifti",
-            "root": str(base),
-            "csv": None if csv is None else str(meta[0]),
+            "root": str(found.base),
+            "csv": None if found.csv is None else str(found.csv),
             "modality": modality,
             "axis": axis,
             "subjects": subjects,
             "n_subjects": n_sub,
-            "n_subjects_without_seg": sum(v.seg is None for v in volumes),
-            **info,
+            "n_subjects_without_seg": sum(v.seg is None for v in found.volumes),
+            **json.loads(str(arrays["info_json"])),
             "seed": seed,
             "cache": where,
             "cache_file": None if cache_file is None else str(cache_file),

@@ -283,6 +283,21 @@ def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
     return (np.asarray(img) > 0).astype(np.uint8)[None]
 
 
+def check_int(name: str, value, low: int) -> int:
+    """``value`` if it is an int (not a bool) >= ``low``, else a :class:`DataError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_percentiles(value) -> tuple[float, float]:
+    """Two percentiles 0 <= low < high <= 100 as a float tuple."""
+    pair = check_pair("percentiles", value)
+    if not (0.0 <= pair[0] and pair[1] <= 100.0):
+        raise DataError(f"percentiles must lie in [0, 100], got {list(pair)}")
+    return pair
+
+
 def check_pair(name: str, value, *, increasing: bool = True) -> tuple[float, float] | None:
     """None, or two finite numbers (low < high when ``increasing``) as a float tuple."""
     if value is None:
