@@ -241,7 +241,8 @@ def _whole_gpus_above_one(gpus: Any) -> Any:
 
 
 class ResourceSpec(Section):
-    """Ray resources per trial; ``gpus_per_trial`` is a number or "auto"."""
+    """Ray resources per trial; ``gpus_per_trial`` is a number or "auto"; ``fuse``: how
+    a grid's trials are fused into bundles (auto, off or K; see :mod:`study.fusion`)."""
 
     _expects = "expected a mapping of resource settings"
     cpus_per_trial: Annotated[number(gt=0), expect("expected a positive number")] = 1
@@ -254,6 +255,13 @@ class ResourceSpec(Section):
         None | Annotated[StrictInt, Field(ge=1)],
         expect("expected a positive integer or null"),
     ] = None
+    fuse: Annotated[
+        Literal["auto", "off"] | Annotated[StrictInt, Field(ge=1)],
+        BeforeValidator(
+            lambda v: {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+        ),
+        expect("expected auto, off or a bundle size >= 1"),
+    ] = "auto"
     custom: Annotated[
         dict[StrictStr, Annotated[number(ge=0), expect("expected a number >= 0")]],
         BeforeValidator(lambda v: {} if v is None else v),
