@@ -54,6 +54,7 @@ from typing import Any
 import pandas as pd
 
 from ae4ad.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from ae4ad.metrics import METRICS, get_metric
 
 __all__ = [
     "BEST_METRICS",
@@ -86,7 +87,6 @@ SPACE_FILE = "space.yaml"
 OPTUNA_FILE = "optuna.db"
 
 FINISHED_STATUSES = ("completed", "errored", "early-stopped", "diverged")
-BEST_METRICS = ("auc", "ap", "pixel_ap")
 
 # Column order of trials.parquet; keys not listed here follow in the order met.
 IDENTITY_COLUMNS = (
@@ -120,29 +120,15 @@ TRAINING_COLUMNS = (
     "bf16",
     "channels_last",
 )
-METRIC_COLUMNS = (
-    "auc",
-    "ap",
-    "pixel_ap",
-    "pixel_auc",
-    "best_dice",
-    "dice_threshold",
-    "dice_threshold_source",
-    "mean_score_normal",
-    "mean_score_abnormal",
-    "recon_error_train_normal",
-    "recon_error_val_normal",
-    "recon_error_test_normal",
-    "recon_error_test_abnormal",
-    "latent_entropy_gaussian",
-    "latent_entropy_knn",
-    "latent_effective_rank",
-    "latent_participation_ratio",
-    "latent_intrinsic_dim",
-    "image_intrinsic_dim_twonn",
-    "image_intrinsic_dim_mle",
-    "train_loss",
+# Record keys that are not metrics but belong beside one: (metric, [its companions]).
+_COMPANION_COLUMNS = {"dice_threshold": ("dice_threshold_source",)}
+METRIC_COLUMNS: tuple[str, ...] = tuple(
+    column for name in METRICS for column in (name, *_COMPANION_COLUMNS.get(name, ()))
 )
+"""Every registered metric (:data:`ae4ad.metrics.METRICS`, in its order) and its
+companion columns."""
+BEST_METRICS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.best_column)
+"""The metrics whose best value over a trial's evaluations is kept as ``best_<name>``."""
 RUN_COLUMNS = (
     "epochs_done",
     "elapsed_s",
@@ -236,12 +222,8 @@ def trial_status(records: Sequence[Mapping[str, Any]], errored: bool = False) ->
 
 
 def _best(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    values = [
-        float(r[key])
-        for r in records
-        if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))
-    ]
-    return max(values) if values else None
+    """The best finite value of ``key`` over ``records``, by the metric's direction."""
+    return get_metric(key).best(r.get(key) for r in records)
 
 
 @dataclass
@@ -268,8 +250,9 @@ def trial_row(
     timing: TrialTiming | None = None,
 ) -> dict[str, Any]:
     """One row of trials.parquet: the trial's config, its status, the metrics of its
-    last record under plain names and the best value over its evaluations of each of
-    :data:`BEST_METRICS` as ``best_<metric>``."""
+    last record under plain names (:data:`METRIC_COLUMNS`; None where the record has
+    none) and the best value over its evaluations of each of :data:`BEST_METRICS` as
+    ``best_<metric>``."""
     timing = timing or TrialTiming()
     model_params = dict(config.get("model_params") or {})
     dataset_params = dict(config.get("dataset_params") or {})

@@ -31,6 +31,7 @@ from study.hypothesis.records import (
     LatentDimPrediction,
     StratumVerdict,
     Uncertainty,
+    check_higher_is_better,
 )
 from study.stats import GroupMeans, holm, max_t_from_means, mean_auc_covariance, spearman_ci
 
@@ -358,8 +359,10 @@ def verdicts(
     intervals (0 skips the descriptions). Strata come out in the order they first appear.
 
     Raises ``ValueError`` naming the missing column when latent_dim, dataset, model or the
-    metric is absent, or when alpha is not in (0, 1).
+    metric is absent, when alpha is not in (0, 1), or when the metric is registered as
+    lower-is-better (:func:`~study.hypothesis.records.check_higher_is_better`).
     """
+    check_higher_is_better(metric)
     for col in ("dataset", "model", "latent_dim", metric):
         if col not in trials.columns:
             raise ValueError(

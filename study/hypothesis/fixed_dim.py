@@ -21,6 +21,7 @@ from study.hypothesis.records import (
     NOT_TESTED,
     SUPPORTED,
     FixedDimTest,
+    check_higher_is_better,
 )
 from study.stats import holm, stratified_permutation_rho
 
@@ -55,6 +56,7 @@ def fixed_latent_dim_tests(
         >>> t.verdict, t.rho < -0.5
         ('supported', True)
     """
+    check_higher_is_better(metric)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
     df = trials[trials["status"] == "completed"] if "status" in trials.columns else trials

@@ -5,20 +5,44 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ae4ad.metrics import METRICS
+from ae4ad.metrics import names as metric_names
+
 SUPPORTED = "supported"
 NOT_SHOWN = "not shown"
 CONTRADICTED = "contradicted"
 NOT_TESTED = "not tested"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED, NOT_TESTED)
 
-ENTROPY_COLUMNS: tuple[str, ...] = (
-    "latent_entropy_gaussian",
-    "latent_entropy_knn",
-    "latent_effective_rank",
-    "latent_participation_ratio",
-    "latent_intrinsic_dim",
-)
-"""Latent entropy estimators written by the harness (any of them can drive the tests)."""
+ENTROPY_COLUMNS: tuple[str, ...] = metric_names("latent")
+"""Latent entropy estimators written by the harness (any of them can drive the tests): the
+``latent`` group of :data:`ae4ad.metrics.METRICS`."""
+
+
+def check_higher_is_better(metric: str) -> None:
+    """ValueError when ``metric`` is registered (:mod:`ae4ad.metrics`) with a direction
+    other than ``max``: the tests take the latent_dim of the highest mean as d* and call
+    a drop from it a loss. Unregistered columns are taken as higher-is-better.
+
+    >>> check_higher_is_better("auc")
+    >>> check_higher_is_better("train_loss")
+    Traceback (most recent call last):
+    ...
+    ValueError: metric 'train_loss': the hypothesis tests need a metric where higher is \
+better; 'train_loss' is better when lower (direction 'min')
+    """
+    registered = METRICS.get(metric)
+    if registered is not None and registered.direction != "max":
+        raise ValueError(
+            f"metric {metric!r}: the hypothesis tests need a metric where higher is better; "
+            f"{metric!r} is "
+            + (
+                "better when lower (direction 'min')"
+                if registered.direction == "min"
+                else "a description without a better side"
+            )
+        )
+
 
 # Columns of the trials table that configure a trial (besides latent_dim and seed): when
 # one of them varies inside a stratum, latent_dim is not the only thing that changes.
