@@ -12,7 +12,7 @@ tools standardised on (MVTec AD; anomalib's "Folder" data set)::
 
 Every folder can be given instead (``normal_dir``, ``normal_test_dir``, ``abnormal_dirs``,
 ``mask_dir``, ``val_dir``; relative paths are taken from ``root``), or a CSV file with a
-header row ``path,label[,mask,split]`` lists the images (``csv``; see :func:`load_folder`).
+header row ``path,label[,mask,split]`` lists the images (``csv``; see below).
 Folders are searched recursively; hidden files and folders are skipped. Images may be
 PNG, JPEG, BMP, TIFF (8 or 16 bit) or DICOM (see :mod:`ae4ad.data.pixels`).
 
@@ -24,6 +24,40 @@ Checks (each a :class:`DataError` naming the file): an empty or missing folder, 
 abnormal test image, an abnormal image without a mask when there is a mask folder, a
 mask without its image, an image that cannot be decoded, a DICOM file without pixel
 data, and a file that is in two splits.
+
+Parameters of :func:`load_folder`:
+
+- ``root``: the data folder (MVTec-style layout by default); relative folder params and
+  CSV paths are taken from it.
+- ``normal_dir``: normal training images (default ``train/good``).
+- ``abnormal_dirs``: folders of abnormal test images, one per defect kind (default:
+  every folder in ``test/`` except ``test/good`` and ``normal_test_dir``).
+- ``normal_test_dir``: normal test images (default ``test/good`` when present).
+- ``mask_dir``: masks (default ``ground_truth`` when present); the mask of
+  ``<defect>/<name>.*`` is ``<mask_dir>/<defect>/<name>_mask.*`` or ``<name>.*``, with or
+  without the ``<defect>/`` folder.
+- ``val_dir``: normal validation images (default ``validation/good`` or ``val/good``).
+- ``csv``: instead of folders, a CSV file with a header ``path,label[,mask,split]``:
+  label 0/1 (or normal/abnormal), mask a path (empty for none), split train/val/test
+  (empty: train for label 0, test for label 1). Paths are relative to ``root`` if given,
+  else to the CSV's folder. Other columns are ignored.
+- ``image_size``: side S; images are resized bilinearly, masks with nearest neighbour.
+- ``rgb``: 3 channels (gray images repeated); otherwise colour becomes gray (luma).
+- ``normalize``: ``"auto"`` ("fixed" for 8-bit files, "percentile" for 16-bit, float and
+  DICOM files), ``"minmax"`` (each image's min -> -1, max -> 1), ``"percentile"`` (each
+  image clipped at ``percentiles`` first) or ``"fixed"`` (``value_range``, default the
+  file type's range: 0..255 for 8-bit, 0..65535 for 16-bit).
+- ``percentiles``: (low, high) percentiles for ``"percentile"``.
+- ``value_range``: (low, high) values mapped to -1 and 1 for ``"fixed"``.
+- ``window``: DICOM-style (center, width): values in ``center -+ width/2`` map to [-1, 1],
+  clipped; replaces ``normalize``. DICOM values are taken after the modality LUT
+  (rescale slope and intercept), e.g. Hounsfield units.
+- ``holdout_fraction``: when there is no normal test image, this share of the normal
+  training images (seeded by ``seed``) becomes the normal test images.
+- ``seed``: seed of the hold-out draw.
+- ``cache``: read/write the resized arrays in ``cache_dir`` and memoise them in-process.
+- ``cache_dir``: default ``AE4AD_CACHE`` or ``<root>/.ae4ad_cache`` (the CSV's folder, or
+  the normal folder's parent, without ``root``).
 
 Example:
     >>> import tempfile, numpy as np
@@ -45,12 +79,12 @@ from __future__ import annotations
 
 import csv as csv_lib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ae4ad.data import cache as cache_lib
 from ae4ad.data import pixels
@@ -178,39 +212,34 @@ def _check_disjoint(splits: dict[str, _Split]) -> None:
             seen[r] = name
 
 
+def _normal_split(paths: list[Path]) -> _Split:
+    split = _Split()
+    for p in paths:
+        split.add(p, 0, None, "good")
+    return split
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
 # ----------------------------------------------------------------------------- layouts
 
 
-def _plan_folders(
-    root: Path | None,
-    normal_dir,
-    abnormal_dirs,
-    normal_test_dir,
-    mask_dir,
-    val_dir,
-) -> _Plan:
-    if root is None and normal_dir is None:
-        raise DataError(
-            "folder: give root=<folder with train/good and test/<defect>>, "
-            "or normal_dir and abnormal_dirs, or csv=<list of images>"
-        )
-    base = root if root is not None else _resolve(normal_dir, None).parent
-
-    train = _Split()
-    nd = _resolve(normal_dir if normal_dir is not None else "train/good", root)
-    for p in _images_in(nd, "normal training images", "normal_dir"):
-        train.add(p, 0, None, "good")
-
-    test = _Split()
+def _normal_test_images(root: Path | None, normal_test_dir) -> tuple[Path | None, list[Path]]:
+    """The normal test folder (None without one) and its images."""
     if normal_test_dir is not None:
         ntd = _resolve(normal_test_dir, root)
-        normal_test = _images_in(ntd, "normal test images", "normal_test_dir")
-    else:
-        ntd = _resolve("test/good", root) if root is not None else None
-        normal_test = pixels.list_image_files(ntd) if ntd is not None and ntd.is_dir() else []
-    for p in normal_test:
-        test.add(p, 0, None, "good")
+        return ntd, _images_in(ntd, "normal test images", "normal_test_dir")
+    ntd = _resolve("test/good", root) if root is not None else None
+    return ntd, (pixels.list_image_files(ntd) if ntd is not None and ntd.is_dir() else [])
 
+
+def _abnormal_folders(root: Path | None, abnormal_dirs, ntd: Path | None) -> list[Path]:
+    """The folders of abnormal test images, one per defect kind (the folder's name)."""
     if abnormal_dirs is not None:
         if isinstance(abnormal_dirs, (str, os.PathLike)):
             abnormal_dirs = [abnormal_dirs]
@@ -239,14 +268,23 @@ def _plan_folders(
             f"abnormal_dirs {[str(f) for f in folders]}: two folders have the same name; "
             "the folder name is the defect kind and must be unique"
         )
+    return folders
 
-    mdir = None
+
+def _mask_folder(root: Path | None, mask_dir) -> Path | None:
     if mask_dir is not None:
         mdir = _resolve(mask_dir, root)
         if not mdir.is_dir():
             raise DataError(f"folder not found: {mdir} (expected masks; set mask_dir)")
-    elif root is not None and (root / "ground_truth").is_dir():
-        mdir = root / "ground_truth"
+        return mdir
+    if root is not None and (root / "ground_truth").is_dir():
+        return root / "ground_truth"
+    return None
+
+
+def _add_abnormal(test: _Split, folders: list[Path], mdir: Path | None, base: Path) -> None:
+    """Add the images of the abnormal ``folders`` to ``test``, with their masks when there
+    is a mask folder ``mdir``; every mask there must belong to one of the images."""
     index = _mask_index(mdir) if mdir is not None else {}
     used: set[str] = set()
     n_abnormal = 0
@@ -273,28 +311,48 @@ def _plan_folders(
             + (f"; {len(orphans) - 1} more masks without images" if len(orphans) > 1 else "")
         )
 
-    splits = {"train": train, "test": test}
-    vd = None
+
+def _val_images(root: Path | None, val_dir) -> list[Path]:
     if val_dir is not None:
-        vd = _resolve(val_dir, root)
-        _images_in(vd, "normal validation images", "val_dir")
-    elif root is not None:
-        vd = next(
-            (d for d in (root / "validation" / "good", root / "val" / "good") if d.is_dir()), None
+        return _images_in(_resolve(val_dir, root), "normal validation images", "val_dir")
+    if root is None:
+        return []
+    folders = (root / "validation" / "good", root / "val" / "good")
+    vd = next((d for d in folders if d.is_dir()), None)
+    return [] if vd is None else pixels.list_image_files(vd)
+
+
+def _plan_folders(
+    root: Path | None,
+    normal_dir,
+    abnormal_dirs,
+    normal_test_dir,
+    mask_dir,
+    val_dir,
+) -> _Plan:
+    if root is None and normal_dir is None:
+        raise DataError(
+            "folder: give root=<folder with train/good and test/<defect>>, "
+            "or normal_dir and abnormal_dirs, or csv=<list of images>"
         )
-    if vd is not None:
-        val = _Split()
-        for p in pixels.list_image_files(vd):
-            val.add(p, 0, None, "good")
-        if val.images:
-            splits["val"] = val
+    base = root if root is not None else _resolve(normal_dir, None).parent
+    nd = _resolve(normal_dir if normal_dir is not None else "train/good", root)
+    train = _normal_split(_images_in(nd, "normal training images", "normal_dir"))
+    ntd, normal_test = _normal_test_images(root, normal_test_dir)
+    test = _normal_split(normal_test)
+    folders = _abnormal_folders(root, abnormal_dirs, ntd)
+    mdir = _mask_folder(root, mask_dir)
+    _add_abnormal(test, folders, mdir, base)
+    splits = {"train": train, "test": test}
+    val = _val_images(root, val_dir)
+    if val:
+        splits["val"] = _normal_split(val)
     return _Plan(splits, base, has_masks=mdir is not None)
 
 
-def _plan_csv(csv_path: Path, root: Path | None) -> _Plan:
-    if not csv_path.is_file():
-        raise DataError(f"CSV file not found: {csv_path} (expected path,label[,mask,split] rows)")
-    base = root if root is not None else csv_path.parent
+def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The CSV's header and its rows with their line numbers (keys lower case, values
+    stripped)."""
     try:
         with open(csv_path, newline="") as f:
             reader = csv_lib.DictReader(f)
@@ -312,6 +370,57 @@ def _plan_csv(csv_path: Path, root: Path | None) -> _Plan:
         raise DataError(f"cannot read {csv_path}: {exc}") from exc
     except (csv_lib.Error, UnicodeDecodeError) as exc:
         raise DataError(f"cannot parse {csv_path} as CSV: {exc}") from exc
+    return header, rows
+
+
+def _csv_image(at: str, row: dict[str, str], base: Path) -> tuple[Path, int, str]:
+    """The image, label and split of a CSV row (no split: train if normal, else test)."""
+    if not row.get("path"):
+        if row.get("mask"):
+            raise DataError(f"{at}: mask without its image: {row['mask']} (path is empty)")
+        raise DataError(f"{at}: path is empty")
+    label = _LABELS.get(row.get("label", "").lower())
+    if label is None:
+        raise DataError(f"{at}: label must be 0/1 (or normal/abnormal), got {row.get('label')!r}")
+    split = row.get("split", "").lower()
+    if split:
+        if split not in _SPLITS:
+            raise DataError(f"{at}: split must be train, val or test, got {split!r}")
+        split = _SPLITS[split]
+    else:
+        split = "train" if label == 0 else "test"
+    if split == "train" and label == 1:
+        raise DataError(f"{at}: an abnormal image in the train split (training is normal only)")
+    image = _resolve(row["path"], base)
+    if not image.is_file():
+        raise DataError(f"{at}: image file not found: {image}")
+    return image, label, split
+
+
+def _csv_mask(
+    at: str, row: dict[str, str], base: Path, image: Path, label: int, required: bool
+) -> Path | None:
+    """The mask of a CSV row's image, or None; ``required`` when other rows have one."""
+    if not row.get("mask"):
+        if required:
+            raise DataError(
+                f"{at}: abnormal image {image} has no mask while other rows have one; give "
+                "every abnormal image a mask, or none"
+            )
+        return None
+    mask = _resolve(row["mask"], base)
+    if label == 0:
+        raise DataError(f"{at}: a mask for a normal image ({mask}); masks mark anomalies")
+    if not mask.is_file():
+        raise DataError(f"{at}: mask file not found: {mask} (for image {image})")
+    return mask
+
+
+def _plan_csv(csv_path: Path, root: Path | None) -> _Plan:
+    if not csv_path.is_file():
+        raise DataError(f"CSV file not found: {csv_path} (expected path,label[,mask,split] rows)")
+    base = root if root is not None else csv_path.parent
+    header, rows = _read_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path} lists no images (expected path,label[,mask,split] rows)")
 
@@ -319,38 +428,9 @@ def _plan_csv(csv_path: Path, root: Path | None) -> _Plan:
     has_masks = "mask" in header and any(row.get("mask") for _, row in rows)
     for line, row in rows:
         at = f"{csv_path}, line {line}"
-        if not row.get("path"):
-            if row.get("mask"):
-                raise DataError(f"{at}: mask without its image: {row['mask']} (path is empty)")
-            raise DataError(f"{at}: path is empty")
-        label = _LABELS.get(row.get("label", "").lower())
-        if label is None:
-            raise DataError(
-                f"{at}: label must be 0/1 (or normal/abnormal), got {row.get('label')!r}"
-            )
-        split = row.get("split", "").lower()
-        if split:
-            if split not in _SPLITS:
-                raise DataError(f"{at}: split must be train, val or test, got {split!r}")
-            split = _SPLITS[split]
-        else:
-            split = "train" if label == 0 else "test"
-        if split == "train" and label == 1:
-            raise DataError(f"{at}: an abnormal image in the train split (training is normal only)")
-        image = _resolve(row["path"], base)
-        if not image.is_file():
-            raise DataError(f"{at}: image file not found: {image}")
-        mask = _resolve(row["mask"], base) if row.get("mask") else None
-        if mask is not None:
-            if label == 0:
-                raise DataError(f"{at}: a mask for a normal image ({mask}); masks mark anomalies")
-            if not mask.is_file():
-                raise DataError(f"{at}: mask file not found: {mask} (for image {image})")
-        elif has_masks and label == 1 and split != "train":
-            raise DataError(
-                f"{at}: abnormal image {image} has no mask while other rows have one; give "
-                "every abnormal image a mask, or none"
-            )
+        image, label, split = _csv_image(at, row, base)
+        required = has_masks and label == 1 and split != "train"
+        mask = _csv_mask(at, row, base, image, label, required)
         group = "good" if label == 0 else (image.parent.name or "abnormal")
         splits[split].add(image, label, mask, group)
     if not splits["train"].images:
@@ -360,6 +440,41 @@ def _plan_csv(csv_path: Path, root: Path | None) -> _Plan:
     if not splits["val"].images:
         del splits["val"]
     return _Plan(splits, base, meta_files=[csv_path], has_masks=has_masks)
+
+
+def _plan(
+    root: str | os.PathLike | None,
+    csv: str | None,
+    normal_dir,
+    abnormal_dirs,
+    normal_test_dir,
+    mask_dir,
+    val_dir,
+) -> _Plan:
+    """The files of every split: listed in ``csv``, else found in the folders."""
+    root_path = None
+    if root is not None:
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
+            raise DataError(f"data root {root_path} does not exist (expected a folder)")
+    if csv is None:
+        return _plan_folders(
+            root_path, normal_dir, abnormal_dirs, normal_test_dir, mask_dir, val_dir
+        )
+    given = [
+        n
+        for n, v in (
+            ("normal_dir", normal_dir),
+            ("abnormal_dirs", abnormal_dirs),
+            ("normal_test_dir", normal_test_dir),
+            ("mask_dir", mask_dir),
+            ("val_dir", val_dir),
+        )
+        if v is not None
+    ]
+    if given:
+        raise DataError(f"give either csv or folders, not both (also given: {given[0]})")
+    return _plan_csv(_resolve(csv, root_path), root_path)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -387,10 +502,54 @@ def _build(plan: _Plan, reader_kw: dict, image_size: int) -> dict[str, np.ndarra
     return out
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
+def _reader_kw(rgb, normalize, percentiles, value_range, window) -> dict:
+    """The checked keyword arguments of :func:`pixels.load_image`."""
+    if normalize not in pixels.NORMALIZE_MODES:
+        raise DataError(
+            f"normalize must be one of {', '.join(pixels.NORMALIZE_MODES)}, got {normalize!r}"
+        )
+    percentiles = pixels.check_percentiles(percentiles)
+    value_range = pixels.check_pair("value_range", value_range)
+    window = pixels.check_pair("window", window, increasing=False)
+    if window is not None and window[1] <= 0:
+        raise DataError(f"window must be [center, width] with width > 0, got {list(window)}")
+    return {
+        "rgb": bool(rgb),
+        "normalize": normalize,
+        "percentiles": percentiles,
+        "value_range": value_range,
+        "window": window,
+    }
+
+
+def _cached_images(
+    plan: _Plan,
+    reader_kw: dict,
+    image_size: int,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[dict[str, np.ndarray], str, Path | None]:
+    """The arrays of ``plan`` (see :func:`cache.cached_arrays`)."""
+    files = list(plan.meta_files)
+    for split in plan.splits.values():
+        files += split.images + [m for m in split.masks if m is not None]
+    params = {
+        "base": str(plan.base.resolve()),
+        "image_size": image_size,
+        "splits": {k: [str(p) for p in s.images] for k, s in plan.splits.items()},
+        "masks": plan.has_masks,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in reader_kw.items()},
+    }
+    key = cache_lib.cache_key("folder", params, cache_lib.file_fingerprint(files, plan.base))
+    if cache_dir is None:
+        cache_dir = cache_lib.default_cache_dir(plan.base)
+    return cache_lib.cached_arrays(
+        key,
+        lambda: _build(plan, reader_kw, image_size),
+        cache_dir=cache_dir,
+        prefix=f"folder-{image_size}",
+        use_cache=cache,
+    )
 
 
 @register_source("folder")
@@ -413,160 +572,43 @@ def load_folder(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> AnomalyDataset:
-    """Load your own images (see the module docstring for the layouts).
-
-    Args:
-        root: the data folder (MVTec-style layout by default); relative folder params and
-            CSV paths are taken from it.
-        normal_dir: normal training images (default ``train/good``).
-        abnormal_dirs: folders of abnormal test images, one per defect kind (default:
-            every folder in ``test/`` except ``test/good`` and ``normal_test_dir``).
-        normal_test_dir: normal test images (default ``test/good`` when present).
-        mask_dir: masks (default ``ground_truth`` when present); the mask of
-            ``<defect>/<name>.*`` is ``<mask_dir>/<defect>/<name>_mask.*`` or
-            ``<name>.*``, with or without the ``<defect>/`` folder.
-        val_dir: normal validation images (default ``validation/good`` or ``val/good``).
-        csv: instead of folders, a CSV file with a header ``path,label[,mask,split]``:
-            label 0/1 (or normal/abnormal), mask a path (empty for none), split
-            train/val/test (empty: train for label 0, test for label 1). Paths are relative
-            to ``root`` if given, else to the CSV's folder. Other columns are ignored.
-        image_size: side S; images are resized bilinearly, masks with nearest neighbour.
-        rgb: 3 channels (gray images repeated); otherwise colour becomes gray (luma).
-        normalize: ``"auto"`` ("fixed" for 8-bit files, "percentile" for 16-bit, float
-            and DICOM files), ``"minmax"`` (each image's min -> -1, max -> 1),
-            ``"percentile"`` (each image clipped at ``percentiles`` first) or ``"fixed"``
-            (``value_range``, default the file type's range: 0..255 for 8-bit, 0..65535
-            for 16-bit).
-        percentiles: (low, high) percentiles for ``"percentile"``.
-        value_range: (low, high) values mapped to -1 and 1 for ``"fixed"``.
-        window: DICOM-style (center, width): values in ``center -+ width/2`` map to
-            [-1, 1], clipped; replaces ``normalize``. DICOM values are taken after the
-            modality LUT (rescale slope and intercept), e.g. Hounsfield units.
-        holdout_fraction: when there is no normal test image, this share of the normal
-            training images (seeded by ``seed``) becomes the normal test images.
-        seed: seed of the hold-out draw.
-        cache: read/write the resized arrays in ``cache_dir`` and memoise them in-process.
-        cache_dir: default ``AE4AD_CACHE`` or ``<root>/.ae4ad_cache`` (the CSV's folder, or
-            the normal folder's parent, without ``root``).
-    """
-    image_size = _check_int("image_size", image_size, 1)
-    seed = _check_int("seed", seed, 0)
-    if normalize not in pixels.NORMALIZE_MODES:
-        raise DataError(
-            f"normalize must be one of {', '.join(pixels.NORMALIZE_MODES)}, got {normalize!r}"
-        )
-    percentiles = pixels.check_pair("percentiles", percentiles)
-    if not (0.0 <= percentiles[0] and percentiles[1] <= 100.0):
-        raise DataError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
-    value_range = pixels.check_pair("value_range", value_range)
-    window = pixels.check_pair("window", window, increasing=False)
-    if window is not None and window[1] <= 0:
-        raise DataError(f"window must be [center, width] with width > 0, got {list(window)}")
+    """Load your own images (see the module docstring for the layouts and parameters)."""
+    image_size = pixels.check_int("image_size", image_size, 1)
+    seed = pixels.check_int("seed", seed, 0)
+    reader_kw = _reader_kw(rgb, normalize, percentiles, value_range, window)
     if isinstance(holdout_fraction, bool) or not (
         isinstance(holdout_fraction, (int, float)) and 0.0 < holdout_fraction < 1.0
     ):
         raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
 
-    root_path = None
-    if root is not None:
-        root_path = Path(root).expanduser()
-        if not root_path.is_dir():
-            raise DataError(f"data root {root_path} does not exist (expected a folder)")
-    if csv is not None:
-        given = [
-            n
-            for n, v in (
-                ("normal_dir", normal_dir),
-                ("abnormal_dirs", abnormal_dirs),
-                ("normal_test_dir", normal_test_dir),
-                ("mask_dir", mask_dir),
-                ("val_dir", val_dir),
-            )
-            if v is not None
-        ]
-        if given:
-            raise DataError(f"give either csv or folders, not both (also given: {given[0]})")
-        plan = _plan_csv(_resolve(csv, root_path), root_path)
-    else:
-        plan = _plan_folders(
-            root_path, normal_dir, abnormal_dirs, normal_test_dir, mask_dir, val_dir
-        )
+    plan = _plan(root, csv, normal_dir, abnormal_dirs, normal_test_dir, mask_dir, val_dir)
     if not any(label == 0 for label in plan.splits["test"].labels):
         plan.held_out = _hold_out(
             plan.splits["train"], float(holdout_fraction), seed, plan.splits["test"]
         )
     _check_disjoint(plan.splits)
+    arrays, where, cache_file = _cached_images(plan, reader_kw, image_size, cache, cache_dir)
 
-    files = list(plan.meta_files)
-    for split in plan.splits.values():
-        files += split.images + [m for m in split.masks if m is not None]
-    reader_kw = {
-        "rgb": bool(rgb),
-        "normalize": normalize,
-        "percentiles": percentiles,
-        "value_range": value_range,
-        "window": window,
-    }
-    params = {
-        "base": str(plan.base.resolve()),
-        "image_size": image_size,
-        "splits": {k: [str(p) for p in s.images] for k, s in plan.splits.items()},
-        "masks": plan.has_masks,
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in reader_kw.items()},
-    }
-    key = cache_lib.cache_key("folder", params, cache_lib.file_fingerprint(files, plan.base))
-    if cache_dir is None:
-        cache_dir = cache_lib.default_cache_dir(plan.base)
-    arrays, where, cache_file = cache_lib.cached_arrays(
-        key,
-        lambda: _build(plan, reader_kw, image_size),
-        cache_dir=cache_dir,
-        prefix=f"folder-{image_size}",
-        use_cache=cache,
-    )
-
-    def images(k: str) -> torch.Tensor | None:
-        return torch.tensor(arrays[k], dtype=torch.float32) if k in arrays else None
-
-    def tensor(k: str, dtype: torch.dtype) -> torch.Tensor | None:
-        return torch.tensor(arrays[k], dtype=dtype) if k in arrays else None
-
-    def rel(p: Path) -> str:
-        try:
-            return p.relative_to(plan.base).as_posix()
-        except ValueError:
-            return str(p)
-
-    test = plan.splits["test"]
-    groups: dict[str, int] = {}
-    for g in test.groups:
-        groups[g] = groups.get(g, 0) + 1
-    name = (root_path or plan.base).resolve().name or "folder"
-    if csv is not None:
-        name = Path(csv).stem
+    train, test = plan.splits["train"], plan.splits["test"]
+    groups = ", ".join(f"{g} {n}" for g, n in Counter(test.groups).items())
+    window = reader_kw["window"]
     return AnomalyDataset(
-        name=name,
+        name=Path(csv).stem if csv is not None else (plan.base.resolve().name or "folder"),
         description=(
-            f"image folder {plan.base}: {len(plan.splits['train'].images)} normal training, "
-            f"{len(test.images)} test images ({', '.join(f'{g} {n}' for g, n in groups.items())})"
-            f", {image_size} px, {'RGB' if rgb else 'grayscale'}"
+            f"image folder {plan.base}: {len(train.images)} normal training, "
+            f"{len(test.images)} test images ({groups}), {image_size} px, "
+            f"{'RGB' if rgb else 'grayscale'}"
         ),
-        train=images("train"),
-        test=images("test"),
-        test_labels=tensor("test_labels", torch.long),
-        test_masks=tensor("test_masks", torch.float32),
-        val=images("val"),
-        val_labels=tensor("val_labels", torch.long),
-        val_masks=tensor("val_masks", torch.float32),
+        **cache_lib.split_tensors(arrays),
         info={
             "source": "folder",
             "root": str(plan.base),
             "csv": None if csv is None else str(plan.meta_files[0]),
-            "n_train": len(plan.splits["train"].images),
+            "n_train": len(train.images),
             "n_val": len(plan.splits["val"].images) if "val" in plan.splits else 0,
             "test_groups": list(test.groups),
-            "test_files": [rel(p) for p in test.images],
-            "held_out": [rel(p) for p in plan.held_out],
+            "test_files": [_rel(p, plan.base) for p in test.images],
+            "held_out": [_rel(p, plan.base) for p in plan.held_out],
             "holdout_fraction": float(holdout_fraction) if plan.held_out else None,
             "seed": seed,
             "normalize": "window" if window is not None else normalize,
