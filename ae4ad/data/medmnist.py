@@ -73,6 +73,41 @@ def _normal_set(normal_labels: int | Sequence[int]) -> list[int]:
     return out
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The six arrays of a MedMNIST file."""
+    if not path.is_file():
+        raise DataError(
+            f"MedMNIST file not found: {path}; download it from MedMNIST "
+            f"(https://medmnist.com, e.g. pneumoniamnist_64.npz) and pass path=<file>.npz"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _KEYS if k not in z.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing keys {', '.join(missing)}; expected {', '.join(_KEYS)}"
+                )
+            return {k: z[k] for k in _KEYS}
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"cannot read {path} as a .npz file: {exc}") from exc
+
+
+def _split_labels(data: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """The labels of each split as N x K (K = 1 unless the file is multi-label)."""
+    labels = {}
+    for split in ("train", "val", "test"):
+        lab = np.asarray(data[f"{split}_labels"])
+        lab = lab.reshape(len(lab), -1) if lab.ndim != 2 else lab
+        if len(lab) != len(data[f"{split}_images"]):
+            raise DataError(
+                f"{path}: {len(data[f'{split}_images'])} {split}_images but {len(lab)} labels"
+            )
+        labels[split] = lab
+    return labels
+
+
 @register_source("medmnist")
 def load_medmnist(
     path: str | os.PathLike | None = None,
@@ -95,34 +130,9 @@ def load_medmnist(
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"image_size must be a positive integer, got {image_size!r}")
     path = _default_path(flag, image_size) if path is None else Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"MedMNIST file not found: {path}; download it from MedMNIST "
-            f"(https://medmnist.com, e.g. pneumoniamnist_64.npz) and pass path=<file>.npz"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in _KEYS if k not in z.files]
-            if missing:
-                raise DataError(
-                    f"{path}: missing keys {', '.join(missing)}; expected {', '.join(_KEYS)}"
-                )
-            data = {k: z[k] for k in _KEYS}
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"cannot read {path} as a .npz file: {exc}") from exc
-
+    data = _read_npz(path)
     normal = _normal_set(normal_labels)
-    labels = {}
-    for split in ("train", "val", "test"):
-        lab = np.asarray(data[f"{split}_labels"])
-        lab = lab.reshape(len(lab), -1) if lab.ndim != 2 else lab
-        if len(lab) != len(data[f"{split}_images"]):
-            raise DataError(
-                f"{path}: {len(data[f'{split}_images'])} {split}_images but {len(lab)} labels"
-            )
-        labels[split] = lab
+    labels = _split_labels(data, path)
     multi_label = labels["train"].shape[1] > 1
     if not multi_label:
         present = sorted({int(v) for lab in labels.values() for v in lab[:, 0]})
