@@ -102,7 +102,11 @@ def fusable(configs: Sequence[dict | TrainConfig]) -> str | None:
     first = cfgs[0]
     if first.model not in FUSED_MODELS:
         return f"model {first.model!r} is not fused; fused models: {', '.join(FUSED_MODELS)}"
-    shared = lambda c: {k: v for k, v in vars(c).items() if k not in _MEMBER_KEYS}  # noqa: E731
+    shared = lambda c: {  # noqa: E731  (eval_every resolved: None may equal a number)
+        k: v
+        for k, v in (vars(c) | {"eval_every": c.eval_interval}).items()
+        if k not in _MEMBER_KEYS
+    }
     shape = lambda c: {  # noqa: E731
         k: v for k, v in c.model_params.items() if k not in _MEMBER_MODEL_PARAMS
     }
@@ -403,8 +407,7 @@ def fit_many(
         mean_losses = bundle.train_epoch(train, batch, n_batches)
         clock.train_time += time.perf_counter() - t0
         clock.images_seen += n_batches * batch
-        evaluate = epoch % cfg0.eval_every == 0 or epoch == cfg0.epochs
-        yield from bundle.records(epoch, mean_losses, evaluate, clock, state_out)
+        yield from bundle.records(epoch, mean_losses, cfg0.evaluates_after(epoch), clock, state_out)
         if not bundle.alive:
             return
 

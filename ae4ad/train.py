@@ -1,7 +1,8 @@
 """One trial: train one model on one data set's normal images and score it.
 
 ``fit(config)`` yields one record (a plain dict) per evaluation: every
-``eval_every`` epochs and at the end. The final record also carries the per-image
+``eval_every`` epochs (by default :func:`default_eval_every`: max(1, epochs // 5)) and
+at the end. The final record also carries the per-image
 test scores and labels, so anyone can recompute the metrics, and a few example
 reconstructions.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -56,6 +58,21 @@ class ConfigError(ValueError):
     """A training config is invalid: the message names the key, value and what is allowed."""
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+"""The devices a config may name; :data:`DEVICE_RULE` says it in words."""
+DEVICE_RULE = "expected auto, cpu, cuda or cuda:<index>"
+
+
+def default_eval_every(epochs: int) -> int:
+    """Epochs between evaluations when a config does not set ``eval_every``: about five
+    evaluations a run, so that short runs still report (to a scheduler) before their end.
+
+    >>> default_eval_every(50), default_eval_every(3)
+    (10, 1)
+    """
+    return max(1, epochs // 5)
+
+
 @dataclass
 class TrainConfig:
     """Everything one trial needs; plain values so it travels as a dict."""
@@ -69,7 +86,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
-    eval_every: int = 10
+    eval_every: int | None = None  # None: default_eval_every(epochs)
     eval_batch_size: int = 256
     device: str = "auto"
     threads: int | None = None
@@ -90,17 +107,29 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    @property
+    def eval_interval(self) -> int:
+        """Epochs between evaluations: ``eval_every``, else :func:`default_eval_every`."""
+        return default_eval_every(self.epochs) if self.eval_every is None else self.eval_every
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether training evaluates after ``epoch``: every ``eval_interval`` epochs and
+        after the last."""
+        return epoch % self.eval_interval == 0 or epoch == self.epochs
+
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
             value = getattr(self, key)
+            if key == "eval_every" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"lr: expected a positive number, got {self.lr!r}")
         if self.score not in SCORES:
             raise ConfigError(f"score: expected one of {', '.join(SCORES)}, got {self.score!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ConfigError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        if not (isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device)):
+            raise ConfigError(f"device: {DEVICE_RULE}, got {self.device!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -270,7 +299,7 @@ def fit(
             record = _diverged_record(
                 epoch, mean_loss, clock.started, clock.train_time, clock.images_seen
             )
-        elif epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        elif cfg.evaluates_after(epoch):
             record = _evaluation_record(model, data, cfg, device, autocast, epoch, mean_loss, clock)
             if record["status"] != "diverged" and state_out is not None:
                 timers = clock.timers(record["elapsed_s"])

@@ -47,6 +47,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ae4ad.train import DEVICE_PATTERN, DEVICE_RULE
+
 __all__ = [
     "MODEL_PARAM_RULES",
     "NONNEG_INT",
@@ -192,10 +194,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "eval_every": POS_INT,
     "score": Rule("str", "expected one of 'l2', 'l1', 'ssim'", Literal["l2", "l1", "ssim"]),
     "device": Rule(
-        "str",
-        "expected auto, cpu, cuda or cuda:<index>",
-        Annotated[StrictStr, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")],
-        fixed_only=True,
+        "str", DEVICE_RULE, Annotated[StrictStr, Field(pattern=DEVICE_PATTERN)], fixed_only=True
     ),
     "bf16": _BOOL,
     "channels_last": _BOOL,

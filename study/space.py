@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from ae4ad.train import TrainConfig
+from ae4ad.train import TrainConfig, default_eval_every
 from study.schema import (
     AUTO_GPUS,
     DATA_DEFINED_PARAMS,
@@ -119,9 +119,8 @@ FIT_KEYS = (
     "channels_last",
 )
 HARNESS_KEYS = ("dataset_label", "model_label", "stratum")
-# The training defaults are ae4ad's (TrainConfig); only eval_every differs on purpose:
-# the harness evaluates max(1, epochs // 5) epochs apart, so short runs still report
-# to ASHA before their end.
+# The training defaults are ae4ad's (TrainConfig; eval_every: default_eval_every(epochs),
+# written into every trial's config).
 TRAINING_DEFAULTS: dict[str, Any] = {
     f.name: f.default
     for f in dataclasses.fields(TrainConfig)
@@ -400,7 +399,7 @@ def _config(
         "batch_size": training.get("batch_size", TRAINING_DEFAULTS["batch_size"]),
         "lr": training.get("lr", TRAINING_DEFAULTS["lr"]),
         "weight_decay": training.get("weight_decay", TRAINING_DEFAULTS["weight_decay"]),
-        "eval_every": training.get("eval_every", max(1, epochs // 5)),
+        "eval_every": training.get("eval_every", default_eval_every(epochs)),
         "score": training.get("score", TRAINING_DEFAULTS["score"]),
         "device": training.get("device", TRAINING_DEFAULTS["device"]),
         "seed": seed,

@@ -6,6 +6,7 @@ import torch
 
 from ae4ad import AnomalyDataset, ConfigError, fit
 from ae4ad.scoring import image_metrics
+from ae4ad.train import default_eval_every
 
 
 def tiny_dataset(with_masks: bool = True, with_val: bool = True) -> AnomalyDataset:
@@ -72,6 +73,15 @@ def test_records_per_evaluation_and_final_payload():
     assert ex["labels"] == [0, 0, 1, 1]
     assert np.array(ex["anomaly_maps"]).shape == (4, 1, 16, 16)
     assert "scores" not in records[0]
+
+
+def test_without_eval_every_a_run_evaluates_every_fifth_of_its_epochs():
+    config = {k: v for k, v in BASE.items() if k != "eval_every"} | {"epochs": 11}
+    records = list(fit(config, dataset=tiny_dataset()))
+    assert default_eval_every(11) == 2
+    assert [r["epoch"] for r in records] == [2, 4, 6, 8, 10, 11]
+    short = list(fit(config | {"epochs": 3}, dataset=tiny_dataset()))
+    assert [r["epoch"] for r in short] == [1, 2, 3]
 
 
 def test_same_seed_same_records():
