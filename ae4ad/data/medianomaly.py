@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ae4ad.data import cache as cache_lib
 from ae4ad.data.base import AnomalyDataset, DataError, register_source
@@ -369,6 +368,24 @@ def _check_files(split: _Split, plan_name: str) -> None:
             raise DataError(f"image file not found: {p} (listed for {plan_name})")
 
 
+def _plan(name: str, folder: Path, max_train: int | None, max_test: int | None) -> _Plan:
+    """The files of every split of data set ``name``, capped, checked, masks found."""
+    if name in _JSON_DATASETS:
+        plan = _plan_json(folder)
+    elif name == "BraTS2021":
+        plan = _plan_brats(folder)
+    elif name == "Camelyon16":
+        plan = _plan_camelyon(folder)
+    else:
+        plan = _plan_isic(folder)
+    plan.splits["train"] = _capped(plan.splits["train"], max_train, stratified=False)
+    plan.splits["test"] = _capped(plan.splits["test"], max_test, stratified=True)
+    for split_name, split in plan.splits.items():
+        _check_files(split, f"the {split_name} split of {name}")
+        _resolve_masks(split)
+    return plan
+
+
 def _build(plan: _Plan, image_size: int, rgb: bool) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for split_name, split in plan.splits.items():
@@ -420,21 +437,7 @@ def load_medianomaly(
     rgb = (name == "Camelyon16") if rgb is None else bool(rgb)
     root_path, folder = _dataset_folder(root, name)
 
-    if name in _JSON_DATASETS:
-        plan = _plan_json(folder)
-    elif name == "BraTS2021":
-        plan = _plan_brats(folder)
-    elif name == "Camelyon16":
-        plan = _plan_camelyon(folder)
-    else:
-        plan = _plan_isic(folder)
-
-    plan.splits["train"] = _capped(plan.splits["train"], max_train, stratified=False)
-    plan.splits["test"] = _capped(plan.splits["test"], max_test, stratified=True)
-    for split_name, split in plan.splits.items():
-        _check_files(split, f"the {split_name} split of {name}")
-        _resolve_masks(split)
-
+    plan = _plan(name, folder, max_train, max_test)
     files = list(plan.meta_files)
     for split in plan.splits.values():
         files += split.images + [m for m in (split.masks or []) if m is not None]
@@ -457,25 +460,13 @@ def load_medianomaly(
         use_cache=cache,
     )
 
-    def images(k: str) -> torch.Tensor | None:
-        return torch.from_numpy(cache_lib.to_unit_range(arrays[k])) if k in arrays else None
-
-    def tensor(k: str, dtype: torch.dtype) -> torch.Tensor | None:
-        return torch.tensor(arrays[k], dtype=dtype) if k in arrays else None
-
     return AnomalyDataset(
         name=name,
         description=(
             f"MedIAnomaly-Data {name}: {DATASETS[name]}, {image_size} px, "
             f"{'RGB' if rgb else 'grayscale'}"
         ),
-        train=images("train"),
-        test=images("test"),
-        test_labels=tensor("test_labels", torch.long),
-        test_masks=tensor("test_masks", torch.float32),
-        val=images("val"),
-        val_labels=tensor("val_labels", torch.long),
-        val_masks=tensor("val_masks", torch.float32),
+        **cache_lib.split_tensors(arrays, unit_range=True),
         info={
             "source": "medianomaly",
             "folder": str(folder),
