@@ -8,21 +8,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ae4ad.metrics import METRICS
 from study import hypothesis as H
 from study.report.figures.style import DATASET_COLOURS, ENTROPY_LABELS, HOVER_KEYS
 from study.report.load import RunData, paper_tables
 from study.report.values import finite
 
-SUMMARY_COLUMNS = (
-    "auc",
-    "ap",
-    "pixel_ap",
-    "best_dice",
-    "recon_error_train_normal",
-    "recon_error_val_normal",
-    "recon_error_test_normal",
-    "recon_error_test_abnormal",
-)
+SUMMARY_COLUMNS: tuple[str, ...] = tuple(METRICS)
+"""The columns summarised over seeds: every registered metric (:mod:`ae4ad.metrics`)."""
 _EMPTY_AGG = pd.DataFrame(columns=["_stratum", "latent_dim", "mean", "std", "count"])
 
 

@@ -14,6 +14,7 @@ import plotly.io as pio
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
+from ae4ad.metrics import METRICS
 from study.report.figures import Plot, to_figure
 from study.report.figures.style import PLOT_CONFIG, TEMPLATE_JSON
 from study.report.load import RunData
@@ -129,7 +130,12 @@ def selected_on_test(run: RunData) -> dict | None:
 
 
 def is_test_metric(metric: str) -> bool:
-    return not (
-        metric.startswith("val_")
-        or metric in ("train_loss", "recon_error_train_normal", "recon_error_val_normal")
-    )
+    """Whether optimising ``metric`` selects on test data: its registry entry is measured
+    on the test split (:attr:`ae4ad.metrics.Metric.on_test`); an unregistered name is
+    assumed to be.
+
+    >>> is_test_metric("auc"), is_test_metric("val_auc"), is_test_metric("train_loss")
+    (True, False, False)
+    """
+    known = METRICS.get(metric)
+    return known is None or known.on_test

@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from ae4ad.metrics import direction, get_metric
 from study.report.context import Ctx
 from study.report.figures.grid import (
     Grid,
@@ -117,7 +118,7 @@ def _stratum_curve(ctx: Ctx, fig: Grid, j: int, metric: str, stratum: str, g: pd
         1,
         j,
     )
-    best = g.loc[g["mean"].idxmax()]
+    best = g.loc[g["mean"].idxmin() if direction(metric) == "min" else g["mean"].idxmax()]
     fig.add(
         dict(
             type="scatter",
@@ -189,6 +190,7 @@ def entropy(ctx: Ctx) -> Plot:
     if not cols:
         raise NotAvailable("Latent statistics", "no latent_entropy_* columns")
     default = ctx.entropy_col if ctx.entropy_col in cols else cols[0]
+    auc_label = get_metric("auc").axis_title
     datasets = list(ctx.colours)
     nr, nc = grid_shape(len(datasets))
     height = max(430, 360 * nr + 90)
@@ -218,15 +220,15 @@ def entropy(ctx: Ctx) -> Plot:
                         line=dict(width=0.5, color="#333"),
                     ),
                     text=ctx.hover.loc[g.index].tolist(),
-                    hovertemplate="latent statistic = %{x:.3g}<br>AUC = %{y:.3f}<br>%{text}"
-                    "<extra></extra>",
+                    hovertemplate="latent statistic = %{x:.3g}<br>"
+                    f"{auc_label} = %{{y:.3f}}<br>%{{text}}<extra></extra>",
                 ),
                 r + 1,
                 c + 1,
             )
             for col in cols:
                 traces_x[col].append(arr(g[col]))
-        fig.y(r + 1, 1)["title"] = title("AUC")
+        fig.y(r + 1, 1)["title"] = title(auc_label)
     fig.hide_unused(len(datasets))
     for k in range(1, len(datasets) + 1):
         fig.layout[axis_name("xaxis", k)]["title"] = title(ENTROPY_LABELS[default])

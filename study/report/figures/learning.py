@@ -8,12 +8,15 @@ import numpy as np
 import pandas as pd
 from plotly.colors import sample_colorscale
 
+from ae4ad.metrics import get_metric
 from study.report.context import Ctx
 from study.report.figures.grid import Grid, NotAvailable, Plot, arr, grid_shape, title, vspace
 from study.report.figures.style import MAX_PANELS
 from study.report.values import finite
 
 WHAT = "Learning curves"
+METRIC = "auc"  # the metric drawn against epoch
+LABEL = get_metric(METRIC).axis_title
 
 
 def learning_curves(ctx: Ctx) -> Plot:
@@ -44,7 +47,7 @@ def learning_curves(ctx: Ctx) -> Plot:
         fig.x(r + 1, c + 1)["title"] = title("epoch")
         fig.x(r + 1, c + 1)["range"] = [0, max_epoch * 1.04]
         if c == 0:
-            fig.y(r + 1, 1)["title"] = title("AUC")
+            fig.y(r + 1, 1)["title"] = title(LABEL)
     fig.hide_unused(len(strata))
     n_shown = h["trial_id"].nunique()
     cap = f"{n_shown} of {n_trials} trials shown"
@@ -53,7 +56,7 @@ def learning_curves(ctx: Ctx) -> Plot:
     return fig.plot(
         caption=cap,
         height=height,
-        title=dict(text="Learning curves: test AUC per evaluation", x=0.01),
+        title=dict(text=f"Learning curves: test {LABEL} per evaluation", x=0.01),
         legend=dict(title=title("latent dim")),
     )
 
@@ -62,15 +65,15 @@ def _history(ctx: Ctx) -> tuple[pd.DataFrame, int]:
     """The history rows of the trials drawn, with their stratum, latent_dim, seed and
     status; and the number of trials with a history."""
     hist = ctx.run.history
-    if hist is None or not {"trial_id", "epoch", "auc"} <= set(hist.columns):
+    if hist is None or not {"trial_id", "epoch", METRIC} <= set(hist.columns):
         why = ctx.run.notes.get("history", "history.parquet has no trial_id/epoch/auc")
         raise NotAvailable(WHAT, why)
     t = ctx.all_trials
     if "trial_id" not in t.columns:
         raise NotAvailable(WHAT, "the trials table has no trial_id")
-    h = hist[["trial_id", "epoch", "auc"]].copy()
+    h = hist[["trial_id", "epoch", METRIC]].copy()
     h["trial_id"] = h["trial_id"].astype(str)
-    h["auc"] = finite(h["auc"])
+    h[METRIC] = finite(h[METRIC])
     h["epoch"] = finite(h["epoch"])
     h = h.dropna(subset=["epoch"])
     keep = ["trial_id", "_stratum", "latent_dim", "seed", "status"]
@@ -103,18 +106,18 @@ def _add_curves(
         label = f"trial {tid}<br>d = {d}, seed {seed}<br>{status}"
         if len(gt) == 1:  # a line needs two points: a marker instead
             dots[0].append(gt["epoch"].iloc[0])
-            dots[1].extend(arr(gt["auc"], 4))
+            dots[1].extend(arr(gt[METRIC], 4))
             dots[2].append(label)
             continue
         xs += [*gt["epoch"].tolist(), None]
-        ys += [*arr(gt["auc"], 4), None]
+        ys += [*arr(gt[METRIC], 4), None]
         texts += [label] * len(gt) + [None]
     common = dict(
         type="scatter",
         name=f"d = {d}",
         legendgroup=f"d{d}",
         opacity=0.8,
-        hovertemplate="%{text}<br>epoch %{x}: AUC %{y:.3f}<extra></extra>",
+        hovertemplate=f"%{{text}}<br>epoch %{{x}}: {LABEL} %{{y:.3f}}<extra></extra>",
     )
     if dots[0]:
         fig.add(

@@ -5,22 +5,16 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from ae4ad.metrics import METRICS, get_metric
+from ae4ad.metrics import names as metric_names
 from study.results import MODEL_PARAM_ORDER
 
 ENTROPY_LABELS: dict[str, str] = {
-    "latent_entropy_gaussian": "Gaussian latent entropy (nats, scale-free)",
-    "latent_entropy_knn": "k-NN latent entropy (nats, scale-free)",
-    "latent_effective_rank": "effective rank of the latents (dimensions)",
-    "latent_participation_ratio": "participation ratio of the latents (dimensions)",
-    "latent_intrinsic_dim": "intrinsic dimension of the latents (dimensions)",
+    name: get_metric(name).axis_title for name in metric_names("latent")
 }
-METRIC_LABELS = {
-    "auc": "AUC",
-    "ap": "AP",
-    "pixel_ap": "pixel AP",
-    "best_dice": "best Dice",
-    "pixel_auc": "pixel AUC",
-}
+"""Axis titles of the latent statistics (the ``latent`` group of :mod:`ae4ad.metrics`)."""
+METRIC_LABELS: dict[str, str] = {name: m.label for name, m in METRICS.items()}
+"""The label of every registered metric, for tables, titles and hover boxes."""
 SCORE_UNITS = {"l2": "mean squared error", "l1": "mean absolute error", "ssim": "1 − SSIM"}
 RECON_SPLITS = (
     ("recon_error_train_normal", "train, normal", "#1f77b4", "solid"),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ae4ad.metrics import direction
 from study.report import figures
 from study.report.context import Ctx
 from study.report.figures.style import METRIC_LABELS
@@ -27,9 +28,11 @@ def section(ctx: Ctx, page: Page) -> str:
     return page.figure(plot) + table1(ctx, [*metrics, "pixel_ap", "best_dice"], ctx.paper1)
 
 
-def _cells(dims: Sequence[int], values: dict[int, tuple[float, float]]) -> str:
-    """Mean ± std per latent_dim; the best in bold, the second underlined."""
-    means = sorted({round(m, 10) for m, _ in values.values() if math.isfinite(m)}, reverse=True)
+def _cells(dims: Sequence[int], values: dict[int, tuple[float, float]], metric: str) -> str:
+    """Mean ± std per latent_dim; the best (by the metric's direction) in bold, the
+    second underlined."""
+    higher = direction(metric) != "min"
+    means = sorted({round(m, 10) for m, _ in values.values() if math.isfinite(m)}, reverse=higher)
     first = means[0] if means else None
     second = means[1] if len(means) > 1 else None
     out = []
@@ -64,7 +67,7 @@ def table1(ctx: Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> str:
             vals = {int(r.latent_dim): (100 * r.mean, 100 * r.std) for r in a.itertuples()}
             rows.append(
                 f"<tr><td>{esc(v.dataset)}</td><td>{esc(v.model)}</td>"
-                f"<td>{METRIC_LABELS.get(metric, metric)}</td>{_cells(dims, vals)}</tr>"
+                f"<td>{METRIC_LABELS.get(metric, metric)}</td>{_cells(dims, vals, metric)}</tr>"
             )
             if paper is None or (v.dataset, metric) in paper_shown:
                 continue
@@ -75,7 +78,7 @@ def table1(ctx: Ctx, metrics: Sequence[str], paper: pd.DataFrame | None) -> str:
                 rows.append(
                     f"<tr class='paper'><td>{esc(pp['dataset'].iloc[0])}</td>"
                     f"<td>paper (AE)</td><td>{METRIC_LABELS.get(metric, metric)}</td>"
-                    f"{_cells(dims, pvals)}</tr>"
+                    f"{_cells(dims, pvals, metric)}</tr>"
                 )
     if not rows:
         return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ae4ad.metrics import direction, get_metric
 from study.report.context import Ctx
 from study.report.figures.style import METRIC_LABELS
 from study.report.fragments import esc, note
@@ -29,7 +30,8 @@ def section(ctx: Ctx, page: Page) -> str:
     for _, _, cells in rows:
         for key, (mean, _) in cells.items():
             if mean is not None:
-                best[key] = max(best.get(key, -math.inf), round(mean, 10))
+                better = min if direction(key[1]) == "min" else max
+                best[key] = better(best.get(key, get_metric(key[1]).worst()), round(mean, 10))
     head1 = "".join(f"<th colspan='{len(metrics)}'>{esc(ds)}</th>" for ds in datasets)
     head2 = "".join(f"<th>{METRIC_LABELS[m]}</th>" for _ in datasets for m in metrics)
     body_rows = []
