@@ -620,8 +620,27 @@ def load_phantom(
         ]
     )
     var = _VARIANTS[p.variant]
+    return AnomalyDataset(
+        name="phantom" if p.variant == "brain" else f"phantom-{p.variant}",
+        description=(
+            f"synthetic {var.description}, {p.image_size}x{p.image_size}, "
+            f"{p.intrinsic_dim} of {len(var.factors)} factors varied, lesions in test only, "
+            f"seed {p.seed}"
+        ),
+        train=train.images,
+        test=test,
+        test_labels=labels,
+        test_masks=torch.cat([normal.masks, abnormal.masks]),
+        **_val_split(val, val_abnormal),
+        info=_info(p, val_abnormal is not None),
+    )
+
+
+def _info(p: PhantomParams, val_abnormal: bool) -> dict:
+    """The data set's ``info``: the factors, the parameters and the order of the splits."""
+    var = _VARIANTS[p.variant]
     names = [fa.name for fa in var.factors]
-    info = {
+    return {
         "variant": p.variant,
         "factor_names": names,
         "n_factors": len(names),
@@ -632,24 +651,10 @@ def load_phantom(
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(p).items()},
         "intensity_scale": "[0, 1] internally, returned as 2 * I - 1 (background -1)",
         "test_order": "n_test_normal normal images, then n_test_abnormal abnormal ones",
-        "val_masks": "None: the validation split is normal only"
-        if val_abnormal is None
-        else "n_val normal images (all-zero masks), then n_val_abnormal abnormal ones",
+        "val_masks": "n_val normal images (all-zero masks), then n_val_abnormal abnormal ones"
+        if val_abnormal
+        else "None: the validation split is normal only",
     }
-    k = p.intrinsic_dim
-    return AnomalyDataset(
-        name="phantom" if p.variant == "brain" else f"phantom-{p.variant}",
-        description=(
-            f"synthetic {var.description}, {p.image_size}x{p.image_size}, "
-            f"{k} of {len(names)} factors varied, lesions in test only, seed {p.seed}"
-        ),
-        train=train.images,
-        test=test,
-        test_labels=labels,
-        test_masks=torch.cat([normal.masks, abnormal.masks]),
-        **_val_split(val, val_abnormal),
-        info=info,
-    )
 
 
 def _val_split(normal: PhantomImages | None, abnormal: PhantomImages | None) -> dict:
