@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
             "images. Details: docs/running.md"
         ),
     )
+    _add_run_arguments(parser)
+    _add_ray_arguments(parser)
+    _add_output_arguments(parser, TRACKERS)
+    return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to run: the space, its overrides, resume, a dry run or a report only."""
     parser.add_argument(
         "--space",
         metavar="YAML",
@@ -84,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="rebuild the report of a run folder from its stored tables, without running",
     )
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where trials run: a Ray cluster, or the embedded Ray and its resources."""
     parser.add_argument(
         "--address",
         metavar="ADDR",
@@ -110,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="GPUs the embedded Ray may use (default: all of this machine's)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, trackers: tuple[str, ...]) -> None:
+    """What a run prints and writes: progress, the report, trackers, kept models."""
     parser.add_argument(
         "--progress-every",
         type=float,
@@ -134,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log",
         action="append",
         default=[],
-        choices=TRACKERS,
+        choices=trackers,
         metavar="TRACKER",
         help="also log every trial to this tracker: mlflow, tensorboard or wandb (its extra "
         "installed, e.g. pip install -e '.[mlflow]'); repeatable; added to the space's "
@@ -147,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="final models kept in <run>/models/: all trials', the best per stratum, or "
         "none (default: all for up to 100 trials, else best)",
     )
-    return parser
 
 
 def build_predict_parser() -> argparse.ArgumentParser:

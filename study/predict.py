@@ -197,7 +197,7 @@ def predict(
     ``run_dir``; writes scores.csv, maps/ and predict.json under ``out_dir``."""
     from ae4ad.data import DataError
     from ae4ad.scoring import image_metrics
-    from ae4ad.trained import TrainedModelError, list_inputs, load_trained, overlay
+    from ae4ad.trained import TrainedModelError, list_inputs, load_trained
 
     run_dir = Path(run_dir)
     rows = resolve_trials(run_dir, trial)
@@ -242,29 +242,54 @@ def predict(
                 info.update({k: float(v) for k, v in image_metrics(scores, y).items()})
             info["n_normal"], info["n_abnormal"] = int((y == 0).sum()), int((y == 1).sum())
         if maps:
-            vmax = float(np.percentile(scored["maps"], 99.5)) if scored["maps"].size else 1.0
-            info["vmax"] = vmax
-            folder = out / "maps" / tid
-            folder.mkdir(parents=True, exist_ok=True)
-            scale = max(1, 256 // max(1, trained.preprocessing.image_size))
-            for f, image, amap in zip(files, images.numpy(), scored["maps"]):
-                overlay(image, amap, vmax, scale=scale).save(folder / _map_name(f, roots))
-            info["maps"] = str(folder)
+            info["vmax"], info["maps"] = _write_maps(
+                out / "maps" / tid,
+                files,
+                roots,
+                images.numpy(),
+                scored["maps"],
+                trained.preprocessing.image_size,
+            )
         for i, f in enumerate(files):
             entry = {"file": str(f), "trial_id": tid, "score": float(scores[i])}
             if y is not None:
                 entry["label"] = int(y[i])
             csv_rows.append(entry)
         result.trials.append(info)
+    _write_results(out, run_dir, result.trials, csv_rows)
+    return result
+
+
+def _write_maps(
+    folder: Path,
+    files: Sequence[Path],
+    roots: Sequence[Path],
+    images: np.ndarray,
+    amaps: np.ndarray,
+    image_size: int,
+) -> tuple[float, str]:
+    """An overlay of each image's anomaly map under ``folder``, all on one colour scale
+    (the maps' 99.5th percentile); returns that scale's top and the folder."""
+    from ae4ad.trained import overlay
+
+    vmax = float(np.percentile(amaps, 99.5)) if amaps.size else 1.0
+    folder.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 256 // max(1, image_size))
+    for f, image, amap in zip(files, images, amaps):
+        overlay(image, amap, vmax, scale=scale).save(folder / _map_name(f, roots))
+    return vmax, str(folder)
+
+
+def _write_results(out: Path, run_dir: Path, trials: list[dict], csv_rows: list[dict]) -> None:
+    """scores.csv (one row per image and trial) and predict.json (one entry per trial)."""
     with open(out / "scores.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(csv_rows[0]))
         writer.writeheader()
         for entry in csv_rows:
             writer.writerow({**entry, "score": repr(entry["score"])})
     (out / "predict.json").write_text(
-        json.dumps({"run": str(run_dir), "trials": result.trials}, indent=2), encoding="utf-8"
+        json.dumps({"run": str(run_dir), "trials": trials}, indent=2), encoding="utf-8"
     )
-    return result
 
 
 def _plain(value: Any) -> Any:
