@@ -398,3 +398,45 @@ def test_selection_on_test_data_is_said_at_the_top(tmp_path):
     (run / "space.yaml").write_text(yaml.safe_dump(space))
     text = write_report(run, **FAST).read_text(encoding="utf-8")
     assert "Selected on test data: the search optimised <code>auc</code>" in text
+
+
+def test_selection_on_test_data_follows_the_metric_registry():
+    from ae4ad.metrics import METRICS
+    from study.report.page import is_test_metric
+
+    for name, metric in METRICS.items():
+        assert is_test_metric(name) == metric.on_test, name
+    # the latent statistics are measured on the training latents, not on test images
+    assert not is_test_metric("latent_entropy_gaussian")
+    assert is_test_metric("recon_error_test_normal") and is_test_metric("pixel_auc")
+    assert is_test_metric("not_a_registered_metric")  # unknown: assume the worst
+
+
+def test_metric_labels_and_columns_come_from_the_registry(report_text):
+    from ae4ad.metrics import METRICS, get_metric, names
+    from study import hypothesis as H
+    from study.report.context import SUMMARY_COLUMNS
+    from study.report.figures.style import ENTROPY_LABELS, METRIC_LABELS, RECON_SPLITS
+
+    assert list(ENTROPY_LABELS) == list(H.ENTROPY_COLUMNS) == list(names("latent"))
+    assert METRIC_LABELS == {name: m.label for name, m in METRICS.items()}
+    assert SUMMARY_COLUMNS == tuple(METRICS)
+    assert {col for col, *_ in RECON_SPLITS} <= set(names("reconstruction"))
+    # the axis titles drawn in the report are the registry's
+    assert get_metric("latent_entropy_gaussian").axis_title in report_text
+    assert "Gaussian latent entropy (nats, scale-free)" not in report_text
+
+
+def test_statistics_refuse_a_metric_where_lower_is_better():
+    from study import hypothesis as H
+
+    df = pd.DataFrame(
+        dict(dataset="toy", model="ae", latent_dim=[2, 2, 4, 4], seed=[0, 1, 0, 1],
+             status="completed", train_loss=[0.4, 0.5, 0.2, 0.3], auc=[0.6, 0.7, 0.8, 0.7],
+             latent_entropy_gaussian=[1.0, 1.1, 2.0, 2.1])
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="higher is better; 'train_loss' is better when lower"):
+        H.verdicts(df, metric="train_loss", n_sim=100, n_boot=0)
+    with pytest.raises(ValueError, match="higher is better"):
+        H.fixed_latent_dim_tests(df, metric="dice_threshold", n_perm=100)
+    assert len(H.verdicts(df, metric="auc", n_sim=100, n_boot=0)) == 1
