@@ -38,10 +38,7 @@ Both entropies satisfy ``H(z / s) = H(z) - d * log(s)`` exactly, and the raw val
 computed that way (on data first rescaled by an exact power of two), so neither very
 large nor very small latents overflow.
 
-``latent_statistics(z)`` returns the scale-free versions under the names used in the
-results tables: ``latent_entropy_gaussian``, ``latent_entropy_knn``,
-``latent_effective_rank``, ``latent_participation_ratio``, ``latent_intrinsic_dim``
-(TwoNN), plus ``latent_statistics_reason``.
+``latent_statistics(z)`` returns the scale-free ones under the results tables' names.
 
 Example:
     >>> import numpy as np
@@ -338,8 +335,7 @@ def gaussian_entropy(z: Any, normalize: bool = True) -> float:
 def _knn_entropy(
     x: np.ndarray, k: int, normalize: bool, max_points: int | None, seed: int
 ) -> _Result:
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _check_k(k, 1)
     _check_max_points(max_points)
     reason = _check_basic(x, min_points=max(3, k + 2))
     if reason:
@@ -522,9 +518,10 @@ def _check_discard(discard_fraction: float) -> None:
         raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction!r}")
 
 
-def _check_mle_k(k: int) -> None:
-    if not isinstance(k, int | np.integer) or k < 2:
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+def _check_k(k: int, low: int) -> None:
+    if not isinstance(k, int | np.integer) or k < low:
+        wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"k must be {wanted}, got {k!r}")
 
 
 def twonn_dimension(
@@ -570,7 +567,7 @@ def mle_dimension(x: Any, k: int = 10, max_points: int | None = None, seed: int 
         >>> round(mle_dimension(x))
         3
     """
-    _check_mle_k(k)
+    _check_k(k, 2)
     data, reason = _prepare_for_id(_as_points(x, "x"), k + 1, max_points, seed)
     if data is None:
         return _NAN
@@ -598,9 +595,7 @@ def image_intrinsic_dimension(images: Any, max_points: int = 2000, seed: int = 0
     _check_max_points(max_points)
     k = 10
     out = {"image_intrinsic_dim_twonn": _NAN, "image_intrinsic_dim_mle": _NAN}
-    if arr.shape[0] > max_points:
-        idx = np.sort(np.random.default_rng(seed).choice(arr.shape[0], max_points, replace=False))
-        arr = arr[idx]
+    arr = _subsample(arr, max_points, seed)
     flat = _as_points(arr.reshape(arr.shape[0], math.prod(arr.shape[1:])), "images")
     data, _ = _prepare_for_id(flat, 3, None, seed)
     if data is None:
@@ -647,13 +642,12 @@ def latent_statistics(
     }
     reason = _check_basic(x)
     if reason is None:
-        _, _, reason = _normalized(x)
+        xn, _, reason = _normalized(x)
     if reason:
         out["latent_statistics_reason"] = reason
         return out
     reasons: list[str | None] = []
-    value, r = _gaussian_entropy(x, normalize=True)
-    out["latent_entropy_gaussian"] = value
+    out["latent_entropy_gaussian"], r = _gaussian_entropy(x, normalize=True)
     reasons.append(r)
     eig, r = _spectrum(x)
     if eig is not None:
@@ -666,26 +660,20 @@ def latent_statistics(
                 "the shrinkage"
             )
     reasons.append(r)
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    xn, _, _ = _normalized(x)
+    _check_k(k, 1)
     sub = _subsample(xn, max_points, seed)
     dist = None
     if sub.shape[0] >= k + 2:
-        value, r, dist = _knn_entropy_core(sub, k, seed)
-        out["latent_entropy_knn"] = value
+        out["latent_entropy_knn"], r, dist = _knn_entropy_core(sub, k, seed)
     else:
         r = f"only {sub.shape[0]} points (need at least {k + 2})"
     reasons.append(r)
-    if dist is not None and _unique_rows(sub).shape[0] == sub.shape[0]:
-        # Same subsample, no duplicates: TwoNN reuses the kNN neighbour distances.
-        value, r = _twonn_from_distances(dist[:, :2], 0.1)
-        out["latent_intrinsic_dim"] = value
-    else:
+    # TwoNN reuses the kNN neighbour distances when the subsample has no duplicates.
+    if dist is None or _unique_rows(sub).shape[0] < sub.shape[0]:
         data, r = _prepare_for_id(x, 3, max_points, seed)
-        if data is not None:
-            value, r = _twonn_from_distances(_nearest_distances(data, 2), 0.1)
-            out["latent_intrinsic_dim"] = value
+        dist = None if data is None else _nearest_distances(data, 2)
+    if dist is not None:
+        out["latent_intrinsic_dim"], r = _twonn_from_distances(dist[:, :2], 0.1)
     reasons.append(r)
     out["latent_statistics_reason"] = _join(reasons)
     return out
@@ -777,10 +765,8 @@ def elbow_latent_dim(
             f"{flat_tolerance!r}"
         )
     dims_arr = np.asarray(dims)
-    uniq = np.unique(dims_arr)
-    means = []
-    kept_dims = []
-    for u in uniq:
+    means, kept_dims = [], []
+    for u in np.unique(dims_arr):
         vals = errs[dims_arr == u]
         vals = vals[np.isfinite(vals)]
         if vals.size:
