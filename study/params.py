@@ -10,8 +10,9 @@ the parameter's :class:`Rule` (a pydantic type with its bounds):
   sampled by Optuna
 
 The building blocks: :class:`Section`, the base of every mapping of a space (unknown
-keys are errors, reported with the allowed ones), and the helpers that word pydantic's
-errors in the space's terms (``_expect``, ``_fail``).
+keys are errors, reported with the allowed ones), the helpers that word pydantic's
+errors in the space's terms (``expect``, ``fail``) and the formatter that turns them
+into the space's one-line messages (``format_error``).
 
 Example:
     >>> from study.params import MODEL_PARAM_RULES, spec_type
@@ -22,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ __all__ = [
     "custom_error",
     "expect",
     "fail",
+    "format_error",
     "number",
     "range_kind",
     "rule_for",
@@ -107,6 +110,34 @@ def expect(text: str, nested: bool = False) -> WrapValidator:
             raise ValidationError.from_exception_data("space", line + rest) from None
 
     return WrapValidator(wrap)
+
+
+def _dotted(tokens: Sequence[str | int]) -> str:
+    out = ""
+    for t in tokens:
+        out += f"[{t}]" if isinstance(t, int) else (f".{t}" if out else str(t))
+    return out
+
+
+def _error_line(file: str, error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``<file>: <key path>: <what>, got <value>``."""
+    where = f"{file}: {_dotted(error['loc'])}" if error["loc"] else file
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "unknown_key":
+        close = difflib.get_close_matches(str(error["loc"][-1]), ctx["allowed"], n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(ctx["allowed"])
+        return f"{where}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg']}, got {error['input']!r}"
+
+
+def format_error(exc: ValidationError, file: str) -> str:
+    """The one-line message of a failed validation: its first error, unknown keys first
+    (a misspelt key also makes the key it should have been missing)."""
+    errors = exc.errors()
+    first = min(range(len(errors)), key=lambda i: (errors[i]["type"] != "unknown_key", i))
+    return " ".join(_error_line(file, errors[first]).split())
 
 
 # --------------------------------------------------------------------------- value rules

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -32,7 +31,7 @@ import re
 import types
 import typing
 from collections import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +65,7 @@ from study.params import (
     Section,
     expect,
     fail,
+    format_error,
     number,
     range_kind,
     rule_for,
@@ -106,37 +106,6 @@ DATA_DEFINED_PARAMS = ("image_size", "in_channels")
 class SpaceError(ValueError):
     """A search space cannot be used as written: a one-line message naming the file,
     the key path, what is wrong and the offending value."""
-
-
-# --------------------------------------------------------------------------- the formatter
-
-
-def _dotted(tokens: Sequence[str | int]) -> str:
-    out = ""
-    for t in tokens:
-        out += f"[{t}]" if isinstance(t, int) else (f".{t}" if out else str(t))
-    return out
-
-
-def _error_line(file: str, error: Mapping[str, Any]) -> str:
-    """One pydantic error as ``<file>: <key path>: <what>, got <value>``."""
-    where = f"{file}: {_dotted(error['loc'])}" if error["loc"] else file
-    kind, ctx = error["type"], error.get("ctx") or {}
-    if kind == "unknown_key":
-        close = difflib.get_close_matches(str(error["loc"][-1]), ctx["allowed"], n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(ctx["allowed"])
-        return f"{where}: unknown key; {hint}"
-    if kind == "missing":
-        return f"{where}: {error['msg']}"
-    return f"{where}: {error['msg']}, got {error['input']!r}"
-
-
-def format_error(exc: ValidationError, file: str) -> str:
-    """The one-line message of a failed validation: its first error, unknown keys first
-    (a misspelt key also makes the key it should have been missing)."""
-    errors = exc.errors()
-    first = min(range(len(errors)), key=lambda i: (errors[i]["type"] != "unknown_key", i))
-    return " ".join(_error_line(file, errors[first]).split())
 
 
 # --------------------------------------------------------------------------- sections

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from ae4ad.train import TrainConfig, default_eval_every
+from study.params import _dotted
 from study.schema import (
     AUTO_GPUS,
     DATA_DEFINED_PARAMS,
@@ -62,7 +63,6 @@ from study.schema import (
     Space,
     SpaceError,
     Stratum,
-    _dotted,
     parse_space,
 )
 
