@@ -11,18 +11,29 @@ Models: the latent.yaml AE (32 px, base_width 8, hidden_dim 256, num_blocks 3, b
 With ``--end-to-end-epochs N`` it also times latent.yaml's 16 trials (N epochs each)
 through the library, ``fit`` one after another vs ``fit_many``, evaluation included.
 
+With ``--study SPACE`` it runs ``python run_study.py --space SPACE`` twice from the
+command line, fused (the space's ``resources.fuse``, default auto) and with
+``--override resources.fuse=off``, in a fresh temporary storage folder each, and prints
+both wall times, their ratio, each run's verdict lines and the largest AUC difference
+between the two runs' trials (``--skip-kernels`` leaves out the per-step figures).
+
 Usage:
     python benchmarks/fused_throughput.py [--ks 4 8 16] [--threads 1 2] [--seconds 3] [--repeats 3]
-        [--end-to-end-epochs 5]
+        [--end-to-end-epochs 5] [--study latent.yaml [--fuse 8]] [--skip-kernels]
     python benchmarks/fused_throughput.py --device cuda --ks 1 8 32 --models paper  # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +149,42 @@ def end_to_end(epochs: int, threads: int) -> None:
         )
 
 
+def study(space: str, fuse: str) -> None:
+    """Wall time of ``run_study.py --space SPACE`` fused vs unfused, and how the results
+    agree."""
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    runs, walls, text = {}, {}, {}
+    for label, setting in (("fused", fuse), ("off", "off")):
+        storage = tempfile.mkdtemp(prefix=f"ae4ad-fuse-{label}-")
+        cmd = [sys.executable, str(root / "run_study.py"), "--space", space, "--override",
+               f"storage_path={storage}", "--override", f"resources.fuse={setting}"]  # fmt: skip
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=os.environ)
+        walls[label] = time.perf_counter() - t0
+        text[label] = done.stdout + done.stderr
+        if done.returncode != 0:
+            print(text[label][-3000:])
+            raise SystemExit(f"{label} run failed with exit code {done.returncode}")
+        runs[label] = pd.read_parquet(next(Path(storage).rglob("trials.parquet")))
+    for label in walls:
+        lines = [ln for ln in text[label].splitlines() if ln.startswith(("fused:", "verdict"))]
+        print(f"{space} {label}: {walls[label]:.1f} s")
+        for line in lines:
+            print(f"    {line}")
+    a = runs["fused"].set_index("trial_id").sort_index()
+    b = runs["off"].set_index("trial_id").sort_index()
+    same = list(a.index) == list(b.index)
+    diff = (a["auc"] - b.loc[a.index, "auc"]).abs().max() if same else float("nan")
+    best = [t.groupby("latent_dim")["auc"].mean().idxmax() for t in (a, b)]
+    print(
+        f"{space}: unfused / fused wall time = {walls['off'] / walls['fused']:.2f}x; same trial "
+        f"ids: {same}; largest AUC difference {diff:.2e}; best latent_dim fused {best[0]}, "
+        f"unfused {best[1]}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16])
@@ -157,8 +204,13 @@ def main() -> None:
         default=0,
         help="also time latent.yaml's 16 trials at this many epochs, fit vs fit_many (0: skip)",
     )
+    parser.add_argument("--study", help="also run this space fused and unfused, end to end")
+    parser.add_argument("--fuse", default="auto", help="resources.fuse of the fused run")
+    parser.add_argument("--skip-kernels", action="store_true", help="no per-step figures")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.skip_kernels:
+        args.models = []
     print(
         f"images/s, best of {args.repeats} interleaved {args.seconds:g} s runs; "
         "ratio = fused / separate (of the best runs, and of the medians)"
@@ -189,6 +241,8 @@ def main() -> None:
     if args.end_to_end_epochs:
         for threads in args.threads:
             end_to_end(args.end_to_end_epochs, threads)
+    if args.study:
+        study(args.study, args.fuse)
 
 
 if __name__ == "__main__":

@@ -125,10 +125,8 @@ def read_records(checkpoint: str) -> list[dict[str, Any]]:
 def find_resume_checkpoints(tune_storage: str, exclude: Iterable[str] = ()) -> dict[str, list[str]]:
     """The checkpoints of every trial under ``tune_storage`` (all sessions) except the
     ids in ``exclude``: trial id -> checkpoint folders (paths or URIs), latest epoch
-    first. A checkpoint counts when its three files are there and its records.json
-    reads (a driver killed while Tune copied one may leave it incomplete)."""
-    import pyarrow.fs as pafs
-
+    first; a fused bundle's checkpoint counts for each member in it. A checkpoint counts
+    when its three files are there and its records.json reads (see :func:`_epoch_of`)."""
     skip = set(exclude)
     fs, root = _fs(tune_storage)
     found: dict[str, list[tuple[int, int, int, str]]] = {}
@@ -145,21 +143,33 @@ def find_resume_checkpoints(tune_storage: str, exclude: Iterable[str] = ()) -> d
                 index = _CHECKPOINT_DIR.match(name)
                 if not index:
                     continue
+                order = (int(session.group(1)), int(index.group(1)))
                 folder = posixpath.join(trial_path, name)
-                files = [posixpath.join(folder, f) for f in (MODEL_FILE, STATE_FILE, RECORDS_FILE)]
-                infos = fs.get_file_info(files)
-                if any(i.type != pafs.FileType.File or not i.size for i in infos):
-                    continue
-                try:
-                    records = _read_json(fs, files[2])
-                    epoch = int(records[-1]["epoch"])
-                except (OSError, ValueError, KeyError, IndexError, TypeError):
-                    continue
-                where = _join(tune_storage, session_name, tid, name)
-                found.setdefault(tid, []).append(
-                    (epoch, int(session.group(1)), int(index.group(1)), where)
-                )
+                parts = [(tid, ())]
+                if _epoch_of(fs, folder) is None:  # a fused bundle's: a folder per member
+                    parts = [(m, (m,)) for m in _children(fs, folder) if m not in skip]
+                for member, sub in parts:
+                    epoch = _epoch_of(fs, posixpath.join(folder, *sub))
+                    if epoch is not None:
+                        where = _join(tune_storage, session_name, tid, name, *sub)
+                        found.setdefault(member, []).append((epoch, *order, where))
     return {tid: [c[3] for c in sorted(cs, reverse=True)] for tid, cs in found.items()}
+
+
+def _epoch_of(fs, folder: str) -> int | None:  # noqa: ANN001
+    """The last epoch of a trial checkpoint folder; None unless its three files are
+    there and its records.json reads (a driver killed while Tune copied one may leave it
+    incomplete)."""
+    import pyarrow.fs as pafs
+
+    files = [posixpath.join(folder, f) for f in (MODEL_FILE, STATE_FILE, RECORDS_FILE)]
+    infos = fs.get_file_info(files)
+    if any(i.type != pafs.FileType.File or not i.size for i in infos):
+        return None
+    try:
+        return int(_read_json(fs, files[2])[-1]["epoch"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def delete_checkpoints(folders: Iterable[str]) -> int:
@@ -260,15 +270,21 @@ class ModelKeeper:
         if self.policy == "best" and kept is not None:
             self.prune()
         folders = list(self.earlier.pop(trial_id, []))
-        if checkpoint is not None:
-            trial_dir = posixpath.dirname(str(checkpoint.path).rstrip("/"))
-            fs = checkpoint.filesystem
-            for name in _children(fs, trial_dir):
-                if _CHECKPOINT_DIR.match(name):
-                    with contextlib.suppress(OSError, FileNotFoundError):
-                        fs.delete_dir(posixpath.join(trial_dir, name))
+        self.drop_checkpoints(checkpoint)
         delete_checkpoints(folders)
         return kept
+
+    def drop_checkpoints(self, checkpoint: Any | None) -> None:
+        """Delete the Tune checkpoints of the trial ``checkpoint`` (its latest) belongs
+        to: its row and kept model hold what the run needs."""
+        if checkpoint is None:
+            return
+        trial_dir = posixpath.dirname(str(checkpoint.path).rstrip("/"))
+        fs = checkpoint.filesystem
+        for name in _children(fs, trial_dir):
+            if _CHECKPOINT_DIR.match(name):
+                with contextlib.suppress(OSError, FileNotFoundError):
+                    fs.delete_dir(posixpath.join(trial_dir, name))
 
     def _copy(self, trial_id: str, checkpoint: Any) -> str | None:
         fs, folder = checkpoint.filesystem, str(checkpoint.path)

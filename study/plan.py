@@ -69,6 +69,8 @@ class Plan:
     already: int
     todo: list[dict[str, Any]] = field(default_factory=list)
     planned_ids: frozenset[str] | None = None  # a grid's trial ids; None for a search
+    # the Tune trials of a grid's todo: configs and fused bundles (study.fusion.fuse)
+    units: list[dict[str, Any]] | None = None
 
     @property
     def to_run(self) -> int:

@@ -42,6 +42,7 @@ from study.cluster import (
     quiet_libraries,
     start_ray,
 )
+from study.fusion import describe, fuse
 from study.plan import Plan, StudyError, make_plan
 from study.progress import Progress, best_so_far
 from study.results import FINISHED_STATUSES, RunTables, has_results
@@ -211,6 +212,10 @@ def _run_session(
     live.keeper, resume_from, prior = _checkpoint_setup(
         space, tables, session.entry["keep_models"], options, nodes, out
     )
+    if space.search.type == "grid" and plan.to_run > 0:
+        at_once = concurrency(space, bundle, nodes)
+        plan.units = fuse(plan.todo, space, at_once, gpu="GPU" in bundle, alone=resume_from)
+        print(describe(plan.units, space), file=out, flush=True)
     metric, mode = space.scheduler.metric, space.scheduler.mode
     best = best_so_far(tables.rows(), plan.belongs, metric, mode)
     counts = plan.counts(tables.rows())

@@ -18,7 +18,7 @@ from typing import Any
 from ae4ad.metrics import METRICS
 from study.space import fit_config
 
-__all__ = ["objective_stand_in", "train_trial"]
+__all__ = ["objective_stand_in", "reported", "train_trial"]
 
 
 def objective_stand_in(metric: str, mode: str) -> float:
@@ -88,7 +88,11 @@ def train_trial(
     from ray import tune
 
     import ae4ad
+    from study.fusion import is_bundle
 
+    if is_bundle(config):
+        _train_bundle(config, datasets, objective)
+        return
     data = datasets[config["dataset_label"]]
     if isinstance(data, ray.ObjectRef):
         data = ray.get(data)
@@ -102,6 +106,8 @@ def train_trial(
     }
     if resume_error:
         extra["resume_error"] = resume_error
+    if ray.get_gpu_ids():
+        extra["gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())
     states: list[dict] = []
     fit = ae4ad.fit(
         fit_config(config),
@@ -166,3 +172,93 @@ class _Reporter:
                     raise
                 self.checkpoints = False  # storage not reachable from this node
                 tune.report({**out, "checkpoint_error": " ".join(str(exc).split())[:300]})
+
+
+def _train_bundle(
+    config: Mapping[str, Any], datasets: Mapping[str, Any], objective: tuple[str, str]
+) -> None:
+    """A bundle of member configs (:mod:`study.fusion`) trained as one fused module by
+    ``ae4ad.fused.fit_many``: each member's records reported with ``member`` (its trial
+    id) and ``bundle_id``; at every evaluation one checkpoint holds a folder per member
+    (a trial checkpoint of its own)."""
+    import ray
+
+    from ae4ad.fused import fit_many
+    from study.fusion import MEMBERS_KEY
+
+    members = list(config[MEMBERS_KEY])
+    data = datasets[config["dataset_label"]]
+    if isinstance(data, ray.ObjectRef):
+        data = ray.get(data)
+    extra = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "resumed_from_epoch": 0,
+        "bundle_id": config["trial_id"],
+    }
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if gpu_ids:
+        extra["gpu_ids"] = ",".join(gpu_ids)
+    reporter = _BundleReporter([str(m["trial_id"]) for m in members], objective)
+    fits = fit_many(
+        [fit_config(m) for m in members],
+        dataset=data,
+        state_out=lambda i, state, record: reporter.states.__setitem__(i, state),
+    )
+    for i, record in fits:
+        reporter.add(i, {**reported(record, objective), **extra, "member": reporter.ids[i]})
+    reporter.flush()
+
+
+class _BundleReporter:
+    """Reports a bundle's records an evaluation epoch at a time, the checkpoint of all
+    its members with the epoch's last record."""
+
+    def __init__(self, ids: list[str], objective: tuple[str, str]) -> None:
+        self.ids, self.metric = ids, objective[0]
+        self.states: dict[int, dict] = {}
+        self.histories: list[list[dict]] = [[] for _ in ids]
+        self.pending: list[tuple[int, dict]] = []
+        self.checkpoints = True
+
+    def add(self, i: int, out: dict[str, Any]) -> None:
+        if self.pending and self.pending[-1][1].get("epoch") != out.get("epoch"):
+            self.flush()
+        self.pending.append((i, out))
+
+    def flush(self) -> None:
+        from ray import tune
+
+        from ae4ad.trained import save_checkpoint
+        from study.checkpoints import RECORDS_FILE
+        from study.searcher import REPLACED_KEY
+
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        for _, out in pending[:-1]:
+            tune.report(out)
+        last = pending[-1][1]
+        if not (self.checkpoints and self.states):
+            tune.report(last)
+            return
+        with tempfile.TemporaryDirectory(prefix="ae4ad-checkpoint-") as folder:
+            for i, out in pending:
+                drop = (REPLACED_KEY, "member")
+                kept = {k: v for k, v in out.items() if _is_scalar(v) and k not in drop}
+                if out.get(REPLACED_KEY):
+                    kept[self.metric] = float("nan")
+                self.histories[i].append(kept)
+                state = self.states.pop(i, None)
+                if state is None:
+                    continue
+                member = Path(folder) / self.ids[i]
+                save_checkpoint(member, state, extra={"trial_id": self.ids[i]})
+                text = json.dumps(self.histories[i], default=str, allow_nan=True)
+                (member / RECORDS_FILE).write_text(text, encoding="utf-8")
+            try:
+                tune.report(last, checkpoint=tune.Checkpoint.from_directory(folder))
+            except RuntimeError as exc:
+                if "storage" not in str(exc).lower():
+                    raise
+                self.checkpoints = False
+                tune.report({**last, "checkpoint_error": " ".join(str(exc).split())[:300]})

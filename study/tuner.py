@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from study.fusion import resources_for
 from study.results import HISTORY_FILE, OPTUNA_FILE, RunTables, TrialTiming, utc_now
 from study.space import trial_id
 from study.trainable import objective_stand_in, train_trial
@@ -137,10 +138,11 @@ class Collector:
     def start(self, trial: Any) -> None:
         if trial.trial_id in self.records:
             return  # Tune restarted it after a failure: it keeps its records
-        tid = str(trial.config.get("trial_id") or trial.trial_id)
-        self.records[trial.trial_id] = [dict(r) for r in self.prior.get(tid, [])]
+        self.records[trial.trial_id] = {
+            tid: [dict(r) for r in self.prior.get(tid, [])] for tid, _ in _members(trial)
+        }
         self.started[trial.trial_id] = (time.monotonic(), utc_now())
-        self.trials_started += 1
+        self.trials_started += len(self.records[trial.trial_id])
 
     def retry(self, trial: Any) -> None:
         pass  # it continues from its last checkpoint: result() drops what it reports again
@@ -150,7 +152,8 @@ class Collector:
         if replaced:
             record[self.metric] = float("nan")
         record["_where"] = (result.get("hostname"), result.get("node_ip"), result.get("node_id"))
-        records = self.records.setdefault(trial.trial_id, [])
+        member = record.pop("member", None) or _members(trial)[0][0]
+        records = self.records.setdefault(trial.trial_id, {}).setdefault(member, [])
         epoch = record.get("epoch")
         if isinstance(epoch, int) and records:  # a restart: drop records it repeats
             records[:] = [r for r in records if int(r.get("epoch") or 0) < epoch]
@@ -166,35 +169,60 @@ class Collector:
         self.tables.flush_if_due()
 
     def finish(self, trial: Any, error: str | None) -> None:
-        records = self.records.pop(trial.trial_id, [])
+        by_member = self.records.pop(trial.trial_id, {})
         start = self.started.pop(trial.trial_id, None)
         if trial.trial_id not in self.reported and error is None:
             return  # stopped before it ran (end of the study): not a result
-        where = records[-1].get("_where", (None,) * 3) if records else (None,) * 3
-        for record in records:
-            record.pop("_where", None)
-        timing = TrialTiming(
-            started_at=start[1] if start else None,
-            finished_at=utc_now(),
-            wall_s=(time.monotonic() - start[0]) if start else None,
-            hostname=where[0],
-            node_ip=where[1],
-            node_id=where[2],
-            session=self.session,
-        )
-        config = dict(trial.config)
-        tid = str(config.get("trial_id") or trial_id(config))
-        self.tables.add_trial(
-            config, records, trial_id=tid, study=self.space.name, error=error,
-            errored=error is not None, timing=timing,
-        )  # fmt: skip
-        if self.keeper is not None:
-            self.keeper.finished(tid, getattr(trial, "checkpoint", None))
+        checkpoint = getattr(trial, "checkpoint", None)
+        bundle = len(_members(trial)) > 1 or "members" in trial.config
+        for tid, config in _members(trial):
+            records = by_member.get(tid, [])
+            ended = bool(records) and bool(records[-1].get("is_final"))
+            own_error = None if (ended and bundle) else error
+            where = records[-1].get("_where", (None,) * 3) if records else (None,) * 3
+            for record in records:
+                record.pop("_where", None)
+            timing = TrialTiming(
+                started_at=start[1] if start else None,
+                finished_at=utc_now(),
+                wall_s=(time.monotonic() - start[0]) if start else None,
+                hostname=where[0],
+                node_ip=where[1],
+                node_id=where[2],
+                session=self.session,
+            )
+            self.tables.add_trial(
+                config, records, trial_id=tid, study=self.space.name, error=own_error,
+                errored=own_error is not None, timing=timing,
+            )  # fmt: skip
+            if self.keeper is not None:
+                part = _member_checkpoint(checkpoint, tid) if bundle else checkpoint
+                self.keeper.finished(tid, part)
+            self.trials_finished += 1
+            row = next(r for r in reversed(self.tables.rows()) if r["trial_id"] == tid)
+            self.progress.finished(row)
+        if bundle and self.keeper is not None and checkpoint is not None:
+            self.keeper.drop_checkpoints(checkpoint)
         _drop_bulky_checkpoint_metrics(trial)
         self.tables.flush_if_due()
-        self.trials_finished += 1
-        row = next(r for r in reversed(self.tables.rows()) if r["trial_id"] == tid)
-        self.progress.finished(row)
+
+
+def _members(trial: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(trial id, config) of each trial a Tune trial runs: one, or a bundle's members."""
+    from study.fusion import MEMBERS_KEY
+
+    configs = trial.config.get(MEMBERS_KEY) or [trial.config]
+    return [(str(c.get("trial_id") or trial_id(c)), dict(c)) for c in configs]
+
+
+def _member_checkpoint(checkpoint: Any, member: str) -> Any:
+    """The part of a bundle's checkpoint that is ``member``'s own trial checkpoint."""
+    if checkpoint is None:
+        return None
+    from types import SimpleNamespace
+
+    path = str(checkpoint.path).rstrip("/") + "/" + member
+    return SimpleNamespace(filesystem=checkpoint.filesystem, path=path)
 
 
 def _drop_bulky_checkpoint_metrics(trial: Any) -> None:
@@ -314,7 +342,7 @@ def _searcher(space: Space, plan: Plan, tables: RunTables, out: TextIO):
     if space.search.type == "grid":
         from study.searcher import PlanSearcher
 
-        return PlanSearcher(plan.todo)
+        return PlanSearcher(plan.units if plan.units is not None else plan.todo)
     from study.searcher import StratifiedOptunaSearcher
 
     metric, mode = space.scheduler.metric, space.scheduler.mode
@@ -361,7 +389,9 @@ def build_tuner(
     trainable = tune.with_parameters(
         train_trial, datasets=refs, objective=(metric, mode), resume_from=resume_from
     )
-    trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([dict(bundle)]))
+    trainable = tune.with_resources(
+        trainable, lambda config: tune.PlacementGroupFactory([resources_for(config, bundle)])
+    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -1,0 +1,173 @@
+"""Fused trials in a study (study.fusion): which configs are bundled, and a fused grid
+study gives the same tables as the same study run one trial per config.
+
+Tolerance: members agree with separate runs up to float32 summation order. Asserted
+here, after 3 epochs on a 32 px phantom: AUC within 2e-3 and AP within 3e-3 (absolute),
+training loss and validation reconstruction error within 1e-3 (relative; measured 1.1e-3
+absolute on a loss of ~1, i.e. ~2e-4 relative). tests/test_fused.py states the library's
+tolerances (FLOAT32_TOLERANCE)."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+import yaml
+
+from study import runner
+from study.fusion import MEMBERS_KEY, describe, fuse, is_bundle, resources_for
+from study.plan import make_plan
+from study.runner import RunOptions, run_study
+from study.space import load_space
+
+TINY_DATA = {"image_size": 32, "n_train": 64, "n_val": 16, "n_test_normal": 32,
+             "n_test_abnormal": 32}  # fmt: skip
+TINY_AE = {"num_blocks": 3, "hidden_dim": 32}
+
+
+def write_space(tmp_path, body):
+    body = {"storage_path": str(tmp_path / "runs"), **body}
+    path = tmp_path / f"{body['name']}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def grid(name="fused", latent_dims=(1, 4, 16), seeds=(0, 1), **extra):
+    return {
+        "name": name,
+        "datasets": [{"name": "phantom", "params": TINY_DATA}],
+        "models": [{"name": "ae", "params": {"latent_dim": list(latent_dims), **TINY_AE}}],
+        "training": {"epochs": 3, "eval_every": 3, "batch_size": 16},
+        "seeds": list(seeds),
+        **extra,
+    }
+
+
+def plan_of(tmp_path, body, overrides=()):
+    return make_plan(load_space(str(write_space(tmp_path, body)), list(overrides)))
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_auto_bundles_a_stratum_sorted_by_latent_dim(tmp_path):
+    plan = plan_of(tmp_path, grid(latent_dims=(16, 1, 4, 2)))
+    units = fuse(plan.todo, plan.space, concurrency=2)
+    assert all(is_bundle(u) for u in units) and len(units) == 2
+    dims = [[m["model_params"]["latent_dim"] for m in u[MEMBERS_KEY]] for u in units]
+    assert dims == [[1, 1, 2, 2], [4, 4, 16, 16]]
+    members = [m["trial_id"] for u in units for m in u[MEMBERS_KEY]]
+    assert sorted(members) == sorted(c["trial_id"] for c in plan.todo)  # each once
+
+
+@pytest.mark.parametrize(
+    "override, reason",
+    [
+        ("resources.fuse=off", "resources.fuse is off"),
+        ("scheduler.type=asha", "early stopping"),
+    ],
+)
+def test_off_and_asha_run_one_trial_per_config(tmp_path, override, reason):
+    plan = plan_of(tmp_path, grid(), [override])
+    units = fuse(plan.todo, plan.space, concurrency=2)
+    assert units == plan.todo
+    assert reason in describe(units, plan.space)
+
+
+def test_bundle_size_strata_and_checkpointed_members(tmp_path):
+    body = grid(latent_dims=(1, 2, 4, 8), seeds=(0,))
+    body["datasets"].append({"name": "phantom", "label": "other", "params": TINY_DATA})
+    plan = plan_of(tmp_path, body, ["resources.fuse=3"])
+    units = fuse(plan.todo, plan.space, concurrency=8)
+    sizes = sorted(len(u[MEMBERS_KEY]) if is_bundle(u) else 1 for u in units)
+    assert sizes == [1, 1, 3, 3]  # fuse=3 ignores concurrency; strata never mix
+    for u in units:
+        if is_bundle(u):
+            assert len({m["stratum"] for m in u[MEMBERS_KEY]}) == 1
+    alone = plan.todo[0]["trial_id"]
+    units = fuse(plan.todo, plan.space, concurrency=8, alone=[alone])
+    assert alone in [u["trial_id"] for u in units if not is_bundle(u)]
+
+
+def test_auto_leaves_64_px_models_unfused_on_the_cpu_only(tmp_path):
+    body = grid()
+    body["datasets"][0]["params"] = {**TINY_DATA, "image_size": 64}
+    plan = plan_of(tmp_path, body)
+    assert not any(is_bundle(u) for u in fuse(plan.todo, plan.space, concurrency=2))
+    assert all(is_bundle(u) for u in fuse(plan.todo, plan.space, concurrency=2, gpu=True))
+    forced = plan_of(tmp_path, body, ["resources.fuse=2"])
+    assert all(is_bundle(u) for u in fuse(forced.todo, forced.space, concurrency=2))
+
+
+def test_a_bundle_asks_for_its_members_gpu_share():
+    assert resources_for({MEMBERS_KEY: [{}] * 3}, {"CPU": 2.0, "GPU": 0.25}) == {
+        "CPU": 2.0,
+        "GPU": 0.75,
+    }
+    assert resources_for({"trial_id": "x"}, {"CPU": 1.0, "GPU": 0.25})["GPU"] == 0.25
+
+
+def test_unfusable_models_are_not_bundled(tmp_path):
+    body = grid()
+    body["models"] = [{"name": "vae", "params": {"latent_dim": [1, 4], **TINY_AE}}]
+    plan = plan_of(tmp_path, body, ["resources.fuse=4"])
+    assert not any(is_bundle(u) for u in fuse(plan.todo, plan.space, concurrency=1))
+
+
+# --------------------------------------------------------------------------- a study
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    runner.prepare_environment(local=True)
+    import ray
+
+    started = runner.start_ray(RunOptions(num_cpus=2))
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def run(space, **kw):
+    out = io.StringIO()
+    result = run_study(space, RunOptions(report=False, progress_interval_s=3600, out=out, **kw))
+    return result, out.getvalue()
+
+
+def test_fused_study_equals_the_unfused_one_and_resumes_only_missing_members(tmp_path, ray_session):
+    path = write_space(tmp_path, grid(seeds=(0,)))
+    fused, text = run(load_space(str(path), ["resources.fuse=3"]))
+    assert "fused: 3 trials in 1 bundles of up to 3 members" in text
+    assert fused.counts["completed"] == 3
+    a = pd.read_parquet(fused.run_dir / "trials.parquet").set_index("trial_id")
+    # resume with one more seed: only the 3 new members run (fused again)
+    more, text = run(load_space(str(path), ["resources.fuse=3", "seeds=[0, 1]"]), resume=True)
+    assert more.trials_run == 3 and more.counts["completed"] == 6
+    b = pd.read_parquet(more.run_dir / "trials.parquet").set_index("trial_id")
+    kept = b.loc[a.index]
+    assert (kept["auc"] == a["auc"]).all() and (kept["session"] == 1).all()
+    assert b["bundle_id"].nunique() == 2  # one bundle per session
+
+    off, _ = run(load_space(str(path), ["resources.fuse=off", "seeds=[0, 1]", "name=unfused"]))
+    c = pd.read_parquet(off.run_dir / "trials.parquet").set_index("trial_id")
+    assert sorted(c.index) == sorted(b.index)  # the same trials, the same ids
+    assert c["bundle_id"].isna().all() if "bundle_id" in c else True
+    for key, tol in (("auc", 2e-3), ("ap", 3e-3)):  # absolute
+        diff = (b[key] - c.loc[b.index, key]).abs().max()
+        assert diff <= tol, (key, diff)
+    for key in ("train_loss", "recon_error_val_normal"):  # relative
+        rel = ((b[key] - c.loc[b.index, key]) / c.loc[b.index, key]).abs().max()
+        assert rel <= 1e-3, (key, rel)
+    assert (b["status"] == "completed").all() and (c["status"] == "completed").all()
+    best = lambda t: t.groupby("latent_dim")["auc"].mean().idxmax()  # noqa: E731
+    assert best(b) == best(c)
+    # every member's final model is kept and loads as a trial of its own
+    import ae4ad
+
+    for tid, row in b.iterrows():
+        assert row["checkpoint_path"] == f"models/{tid}.pt"
+        model = ae4ad.load_trained(more.run_dir / row["checkpoint_path"])
+        assert model.config["model_params"]["latent_dim"] == row["latent_dim"]
+    leftovers = list((more.run_dir / "tune").rglob("checkpoint_*"))
+    assert not leftovers, leftovers
