@@ -253,14 +253,44 @@ def trial_row(
     last record under plain names (:data:`METRIC_COLUMNS`; None where the record has
     none) and the best value over its evaluations of each of :data:`BEST_METRICS` as
     ``best_<metric>``."""
+    row = _config_columns(config, trial_id=trial_id, study=study, status=status, error=error)
+    row.update(_metric_columns(records, status))
+    last = records[-1] if records else {}
+    if error is None and last.get("error"):
+        row["error"] = str(last["error"])
     timing = timing or TrialTiming()
+    row.update(
+        epochs_done=last.get("epoch", 0) if records else 0,
+        elapsed_s=last.get("elapsed_s"),
+        train_time_s=last.get("train_time_s"),
+        wall_s=timing.wall_s,
+        started_at=timing.started_at,
+        finished_at=timing.finished_at,
+        device=last.get("device"),
+        threads=config.get("threads"),
+        hostname=timing.hostname,
+        node_ip=timing.node_ip,
+        node_id=timing.node_id,
+        session=timing.session,
+        checkpoint_path=None,  # set by the run when it keeps the trial's model
+        checkpoint_epoch=None,
+    )
+    for key, value in last.items():
+        if key not in _RECORD_SKIP and key not in row and _is_scalar(value):
+            row[key] = value
+    return row
+
+
+def _config_columns(config: Mapping[str, Any], **identity: Any) -> dict[str, Any]:
+    """A row's identity and config columns: labels, model params, training settings,
+    the data set's params (as JSON and one ``data_<key>`` column each)."""
     model_params = dict(config.get("model_params") or {})
     dataset_params = dict(config.get("dataset_params") or {})
     row: dict[str, Any] = {
-        "study": study,
-        "trial_id": trial_id,
-        "status": status,
-        "error": error,
+        "study": identity["study"],
+        "trial_id": identity["trial_id"],
+        "status": identity["status"],
+        "error": identity["error"],
         "dataset": config.get("dataset_label", config.get("dataset")),
         "dataset_source": config.get("dataset"),
         "model": config.get("model_label", config.get("model")),
@@ -280,37 +310,20 @@ def trial_row(
     for key, value in dataset_params.items():
         if _is_scalar(value):
             row[f"data_{key}"] = value
+    return row
 
+
+def _metric_columns(records: Sequence[Mapping[str, Any]], status: str) -> dict[str, Any]:
+    """The last record's metrics and the best of each of :data:`BEST_METRICS`; a
+    diverged trial keeps only its training loss."""
     last = records[-1] if records else {}
-    for key in METRIC_COLUMNS:
-        row[key] = last.get(key)
-    for key in BEST_METRICS:
-        row[f"best_{key}"] = _best(records, key)
+    row = {key: last.get(key) for key in METRIC_COLUMNS}
+    row.update({f"best_{key}": _best(records, key) for key in BEST_METRICS})
     if status == "diverged":
         for key in METRIC_COLUMNS:
             if key != "train_loss" and isinstance(row[key], (int, float)):
                 row[key] = float("nan")
-        for key in BEST_METRICS:
-            row[f"best_{key}"] = None
-    if error is None and last.get("error"):
-        row["error"] = str(last["error"])
-    row["epochs_done"] = last.get("epoch", 0) if records else 0
-    row["elapsed_s"] = last.get("elapsed_s")
-    row["train_time_s"] = last.get("train_time_s")
-    row["wall_s"] = timing.wall_s
-    row["started_at"] = timing.started_at
-    row["finished_at"] = timing.finished_at
-    row["device"] = last.get("device")
-    row["threads"] = config.get("threads")
-    row["hostname"] = timing.hostname
-    row["node_ip"] = timing.node_ip
-    row["node_id"] = timing.node_id
-    row["session"] = timing.session
-    row["checkpoint_path"] = None  # set by the run when it keeps the trial's model
-    row["checkpoint_epoch"] = None
-    for key, value in last.items():
-        if key not in _RECORD_SKIP and key not in row and _is_scalar(value):
-            row[key] = value
+        row.update({f"best_{key}": None for key in BEST_METRICS})
     return row
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ae4ad.metrics import METRICS
+from ae4ad.metrics import FINITE_WORST, METRICS
 from study.space import fit_config
 
 __all__ = ["objective_stand_in", "reported", "train_trial"]
@@ -29,10 +29,9 @@ def objective_stand_in(metric: str, mode: str) -> float:
     >>> objective_stand_in("auc", "max"), objective_stand_in("train_loss", "min")
     (0.0, 1e+30)
     """
-    known = METRICS.get(metric)
-    if known is not None and known.bounded:
-        return 0.0 if mode == "max" else 1.0
-    return -1e30 if mode == "max" else 1e30
+    if metric in METRICS:
+        return METRICS[metric].worst(mode, finite=True)
+    return -FINITE_WORST if mode == "max" else FINITE_WORST
 
 
 def _is_scalar(value: Any) -> bool:
