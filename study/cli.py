@@ -286,11 +286,13 @@ def _report_only(run_dir: str, alpha: float) -> int:
 
 
 def _dry_run(space) -> int:  # noqa: ANN001
+    from study.fusion import preview
     from study.results import read_trials
     from study.space import estimate_plan, format_plan
 
     plan = estimate_plan(space)
     print(format_plan(plan), flush=True)
+    print(preview(space), flush=True)
     trials = read_trials(space.run_dir)
     if trials is not None and len(trials):
         print(

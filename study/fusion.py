@@ -47,6 +47,7 @@ __all__ = [
     "fuse",
     "fuse_size",
     "is_bundle",
+    "preview",
     "resources_for",
     "why_unfused",
 ]
@@ -191,3 +192,21 @@ def describe(units: Sequence[Mapping[str, Any]], space: Space) -> str:
         f"fused: {n} trials in {len(bundles)} bundles of up to {most} members, "
         f"{len(units) - len(bundles)} alone (resources.fuse {_setting(space)})"
     )
+
+
+def preview(space: Space) -> str:
+    """How a run of ``space`` on this machine's CPUs would fuse (``--dry-run``)."""
+    import os
+
+    from study.plan import make_plan
+
+    reason = why_unfused(space)
+    if reason is not None:
+        return f"fused: no ({reason})"
+    cpus = os.cpu_count() or 1
+    at_once = max(1, int(cpus // space.resources.cpus_per_trial))
+    if space.resources.max_concurrent_trials:
+        at_once = min(at_once, space.resources.max_concurrent_trials)
+    plan = make_plan(space)
+    line = describe(fuse(plan.todo, space, at_once), space)
+    return f"{line}; as on this machine ({cpus} CPUs, no GPU): a cluster may bundle otherwise"
