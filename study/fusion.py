@@ -8,8 +8,9 @@ it pays, as measured (README, Performance): always for trials that get a GPU; on
 only for models of images up to 32 px (latent.yaml's AE: 1.1-1.9x faster per step; the
 paper's 64 px AE is 0.4-0.7x as fast fused, grouped convolutions of that width lose to
 dense ones). Its bundle size spreads each group over the trials that can run at once,
-at most :data:`AUTO_MAX` members. An Optuna search and ASHA run unfused: both decide
-trial by trial as results come in.
+at most :data:`AUTO_MAX` members. An Optuna search and ASHA run unfused (both decide
+trial by trial as results come in), and so do studies that log to experiment trackers
+(their Ray Tune callbacks log one run per Tune trial).
 
 Members are sorted by ``latent_dim`` before they are cut into bundles, so a bundle's
 shared latent width (the largest member's) wastes little work on masked units. A member
@@ -74,6 +75,8 @@ def why_unfused(space: Space) -> str | None:
         return "an Optuna search asks for one trial at a time"
     if space.scheduler.type != "none":
         return "early stopping (ASHA) decides trial by trial"
+    if space.logging.trackers:
+        return "experiment trackers log one run per Ray Tune trial"
     return None
 
 

@@ -102,8 +102,10 @@ class RunResult:
     report: Path | None = None
 
 
-class _Interrupted(BaseException):
-    """SIGTERM during a run (e.g. `ray job stop`): handled like Ctrl-C."""
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM during a run (e.g. `ray job stop`): handled like Ctrl-C. A
+    KeyboardInterrupt, because Ray's waits in the driver let only that one through (any
+    other exception raised by a signal handler there becomes a SystemError)."""
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ def test_auto_bundles_a_stratum_sorted_by_latent_dim(tmp_path):
     [
         ("resources.fuse=off", "resources.fuse is off"),
         ("scheduler.type=asha", "early stopping"),
+        ("logging.trackers=[tensorboard]", "experiment trackers"),
     ],
 )
 def test_off_and_asha_run_one_trial_per_config(tmp_path, override, reason):

@@ -119,3 +119,57 @@ def test_half_gpu_trials_run_four_at_once_on_two_gpus(tmp_path, ray_with_two_gpu
         assert physical_gpu(torch.device("cuda"), visible) == row["gpu_ids"]
         running = [g for ids in json.loads(row["running_gpu_ids"]) for g in ids]
         assert running.count("0") == running.count("1") == 2  # no GPU over-subscribed
+
+
+def test_a_study_on_declared_gpus_records_the_assigned_ids_and_bundles_take_their_share(
+    tmp_path, ray_with_two_gpus
+):
+    """run_study itself on two declared GPUs (training on the CPU: no CUDA here): with
+    gpus_per_trial 0.5, unfused trials record one GPU id each, both GPUs used; fused in
+    bundles of 2, each bundle asks for a whole GPU and its members record the same id."""
+    import io
+
+    import pandas as pd
+    import yaml
+
+    body = {
+        "name": "gpus",
+        "storage_path": str(tmp_path / "runs"),
+        "datasets": [
+            {
+                "name": "phantom",
+                "params": {
+                    "image_size": 32,
+                    "n_train": 32,
+                    "n_val": 8,
+                    "n_test_normal": 8,
+                    "n_test_abnormal": 8,
+                },
+            }
+        ],  # fmt: skip
+        "models": [
+            {
+                "name": "ae",
+                "params": {"latent_dim": [1, 2, 4, 8], "num_blocks": 3, "hidden_dim": 16},
+            }
+        ],  # fmt: skip
+        "training": {"epochs": 1, "eval_every": 1, "batch_size": 16, "device": "cpu"},
+        "seeds": [0],
+        "resources": {"cpus_per_trial": 0.5, "gpus_per_trial": 0.5},
+    }
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(body))
+    for fuse, name in (("off", "single"), (2, "fused")):
+        space = load_space(str(path), [f"resources.fuse={fuse}", f"name={name}"])
+        out = io.StringIO()
+        runner.run_study(space, RunOptions(report=False, progress_interval_s=3600, out=out))
+        rows = pd.read_parquet(space.run_dir / "trials.parquet")
+        assert (rows["status"] == "completed").all() and len(rows) == 4, out.getvalue()
+        ids = rows["gpu_ids"].astype(str)
+        assert set(ids) <= {"0", "1"} and all("," not in i for i in ids)
+        if fuse == "off":
+            assert "per trial CPU=0.5, GPU=0.5" in out.getvalue()
+        else:
+            assert "fused: 4 trials in 2 bundles of up to 2 members" in out.getvalue()
+            assert rows.groupby("bundle_id")["gpu_ids"].nunique().eq(1).all()
+            assert rows["bundle_id"].nunique() == 2

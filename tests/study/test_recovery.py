@@ -250,6 +250,7 @@ def test_file_uri_storage_on_a_two_node_cluster(tmp_path, monkeypatch):
             "models": [{"name": "ae", "params": {"latent_dim": [2, 4, 8, 16], **TINY_AE}}],
             "training": {"epochs": 2, "eval_every": 1},
             "seeds": [0],
+            "resources": {"fuse": "off"},  # a Tune trial (and checkpoint) per config
         },
     )
     # A URI storage path (s3://, gs://) sends Tune's checkpoints there while the tables

@@ -84,7 +84,8 @@ def test_resume_after_kill_runs_each_planned_trial_once(tmp_path, ray_tmp):
                 ],  # fmt: skip
                 "training": {"epochs": 8, "eval_every": 4},
                 "seeds": [0],
-                "resources": {"max_concurrent_trials": 1},
+                # one Tune trial per config (fused, the six would finish together)
+                "resources": {"max_concurrent_trials": 1, "fuse": "off"},
             }
         )
     )
