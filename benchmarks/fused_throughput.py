@@ -211,12 +211,13 @@ def main() -> None:
     device = torch.device(args.device)
     if args.skip_kernels:
         args.models = []
-    print(
-        f"images/s, best of {args.repeats} interleaved {args.seconds:g} s runs; "
-        "ratio = fused / separate (of the best runs, and of the medians)"
-    )
-    header = ("model", "threads", "K", "separate", "fused", "ratio", "median")
-    print("{:24s} {:>7s} {:>3s} {:>10s} {:>10s} {:>6s} {:>6s}".format(*header))
+    if args.models:
+        print(
+            f"images/s, best of {args.repeats} interleaved {args.seconds:g} s runs; "
+            "ratio = fused / separate (of the best runs, and of the medians)"
+        )
+        header = ("model", "threads", "K", "separate", "fused", "ratio", "median")
+        print("{:24s} {:>7s} {:>3s} {:>10s} {:>10s} {:>6s} {:>6s}".format(*header))
     for key in args.models:
         name = next(n for n in MODELS if n.startswith(key))
         params, batch = MODELS[name]
