@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from study import runner
 from study.fusion import MEMBERS_KEY, describe, fuse, is_bundle, resources_for
 from study.plan import make_plan
 from study.runner import RunOptions, run_study
@@ -117,17 +116,6 @@ def test_unfusable_models_are_not_bundled(tmp_path):
 
 
 # --------------------------------------------------------------------------- a study
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    runner.prepare_environment(local=True)
-    import ray
-
-    started = runner.start_ray(RunOptions(num_cpus=2))
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def run(space, **kw):

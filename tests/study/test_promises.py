@@ -32,7 +32,6 @@ import pytest
 import yaml
 
 import ae4ad
-from study import runner
 from study.runner import RunOptions, run_study
 from study.space import grid_trials, load_space, trial_id
 
@@ -206,17 +205,6 @@ def test_sigterm_exits_130_keeps_finished_rows_and_resume_runs_the_rest(tmp_path
 
 
 # --------------------------------------------------------------------------- in-process runs
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    runner.prepare_environment(local=True)
-    import ray
-
-    started = runner.start_ray(RunOptions(num_cpus=2))
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def test_asha_writes_early_stopped_rows_and_a_resume_keeps_them(tmp_path, ray_session):

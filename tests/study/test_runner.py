@@ -110,17 +110,6 @@ def is_loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip.startswith("::ffff:127.") or ip == "0000:" * 7 + "0001"
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    runner.prepare_environment(local=True)
-    import ray
-
-    started = runner.start_ray(RunOptions(num_cpus=2))
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 # --------------------------------------------------------------------------- grid
 
 

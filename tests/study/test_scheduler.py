@@ -244,16 +244,6 @@ def test_restore_replays_a_replaced_objective_as_its_stand_in():
 # --------------------------------------------------------------------------- real runs
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = runner.start_ray(runner.RunOptions(num_cpus=2))
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def synthetic_trainable(config: dict) -> None:
     from ray import tune
 
