@@ -3,7 +3,7 @@
 A space names the data sets, the models and their parameter specs, the training
 settings, the seeds, the search (grid or Optuna), the scheduler and the resources per
 trial. Everything is checked before anything runs, by a pydantic schema (every section
-rejects unknown keys) and by building each distinct model once (:mod:`study.plan`); a
+rejects unknown keys) and by building each distinct model once (:mod:`study.preflight`); a
 mistake raises :class:`SpaceError` with a one-line message
 ``<file>: <key path>: <what is wrong>, got <value>``.
 
@@ -142,7 +142,7 @@ def validate_space(
     """Validate the parsed YAML of a space; ``path`` is the file it came from.
     ``check_data=False`` skips the checks that look at the file system (data roots);
     ``preflight=False`` skips building each distinct model once
-    (:func:`study.plan.preflight`).
+    (:func:`study.preflight.preflight`).
 
     >>> space = validate_space({"name": "toy", "datasets": [{"name": "phantom"}],
     ...     "models": [{"name": "ae", "params": {"latent_dim": [2, 4]}}]})
@@ -151,7 +151,7 @@ def validate_space(
     """
     space = parse_space(raw, path=path, file_name=file_name, check_data=check_data)
     if preflight:
-        from study.plan import preflight as check_models
+        from study.preflight import preflight as check_models
 
         check_models(space, file_name)
     return space

@@ -931,7 +931,7 @@ def test_module_docstring_examples_run():
     assert result.attempted > 10 and result.failed == 0
 
 
-@pytest.mark.parametrize("name", ["study.schema", "study.params", "study.plan"])
+@pytest.mark.parametrize("name", ["study.schema", "study.params", "study.plan", "study.preflight"])
 def test_schema_module_docstring_examples_run(name):
     import importlib
 
