@@ -20,6 +20,14 @@ Hold-out: when there is no normal test image, a seeded share ``holdout_fraction`
 normal training images (at least one, rounded) becomes the normal test images and is
 removed from training; ``info["held_out"]`` lists them.
 
+Validation (``val_split``, see :mod:`ae4ad.data.splits`): by default (``"auto"``) the given
+validation images (``val_dir``, ``validation/good``, ``val/good``, CSV rows with split
+``val``), else a seeded 10 % (``val_split_ratio``) of the normal training images, held out
+of training (``"from_train"``). ``"from_test"`` instead moves a seeded, stratified share
+(default 50 %) of the test images, normal and abnormal, to a labelled validation split, so
+``val_auc`` and ``val_ap`` exist; ``"none"`` makes no validation split.
+``info["splits"]`` says how each split was made.
+
 Checks (each a :class:`DataError` naming the file): an empty or missing folder, no
 abnormal test image, an abnormal image without a mask when there is a mask folder, a
 mask without its image, an image that cannot be decoded, a DICOM file without pixel
@@ -52,9 +60,14 @@ Parameters of :func:`load_folder`:
 - ``window``: DICOM-style (center, width): values in ``center -+ width/2`` map to [-1, 1],
   clipped; replaces ``normalize``. DICOM values are taken after the modality LUT
   (rescale slope and intercept), e.g. Hounsfield units.
+- ``val_split``: ``"auto"`` (default), ``"from_train"``, ``"from_test"`` or ``"none"``
+  (above).
+- ``val_split_ratio``: the share drawn for validation; default 0.1 of the normal training
+  images (``from_train``) or 0.5 of the test images (``from_test``), at least one image,
+  never all.
 - ``holdout_fraction``: when there is no normal test image, this share of the normal
   training images (seeded by ``seed``) becomes the normal test images.
-- ``seed``: seed of the hold-out draw.
+- ``seed``: seed of the hold-out and validation draws.
 - ``cache``: read/write the resized arrays in ``cache_dir`` and memoise them in-process.
 - ``cache_dir``: default ``AE4AD_CACHE`` or ``<root>/.ae4ad_cache`` (the CSV's folder, or
   the normal folder's parent, without ``root``).
@@ -71,8 +84,12 @@ Example:
     ...         a = np.zeros((16, 16), np.uint8); a[:, i:] = 200
     ...         Image.fromarray(a).save(root / split / f"{i}.png")
     >>> ds = load_dataset("folder", root=str(root), image_size=8, cache=False)
-    >>> len(ds.train), ds.test_labels.tolist(), ds.info["test_groups"]
-    (5, [0, 0, 1, 1], ['good', 'good', 'crack', 'crack'])
+    >>> len(ds.train), len(ds.val), ds.test_labels.tolist(), ds.info["test_groups"]
+    (4, 1, [0, 0, 1, 1], ['good', 'good', 'crack', 'crack'])
+    >>> ds = load_dataset("folder", root=str(root), image_size=8, cache=False,
+    ...                   val_split="from_test")
+    >>> len(ds.train), ds.val_labels.tolist(), ds.test_labels.tolist()
+    (5, [0, 1], [0, 1])
 """
 
 from __future__ import annotations
@@ -87,7 +104,7 @@ from pathlib import Path
 import numpy as np
 
 from ae4ad.data import cache as cache_lib
-from ae4ad.data import pixels
+from ae4ad.data import pixels, splits
 from ae4ad.data.base import AnomalyDataset, DataError, register_source
 
 __all__ = ["load_folder"]
@@ -477,6 +494,88 @@ def _plan(
     return _plan_csv(_resolve(csv, root_path), root_path)
 
 
+# ----------------------------------------------------------------------------- validation
+
+
+def _given_val(plan: _Plan) -> str | None:
+    """Where the data's own validation images come from, or None without any."""
+    val = plan.splits.get("val")
+    if val is None or not val.images:
+        return None
+    if plan.meta_files:
+        return f"{len(val.images)} rows with split val in {plan.meta_files[0].name}"
+    return f"{len(val.images)} images in {_rel(val.images[0].parent, plan.base)}"
+
+
+def _subset(split: _Split, rows: Sequence[int]) -> _Split:
+    out = _Split()
+    for i in rows:
+        out.add(split.images[i], split.labels[i], split.masks[i], split.groups[i])
+    return out
+
+
+def _carve_val(
+    arrays: dict[str, np.ndarray], plan: _Plan, mode: str, ratio: float | None, seed: int
+) -> dict[str, np.ndarray]:
+    """``arrays`` with a validation split drawn from the training images (``from_train``)
+    or the test images (``from_test``, stratified by label and defect kind); ``plan``'s
+    file lists follow. Other modes return ``arrays`` unchanged."""
+    if mode not in ("from_train", "from_test") or ratio is None:
+        return arrays
+    src = "train" if mode == "from_train" else "test"
+    split = plan.splits[src]
+    rng = splits.val_rng(seed)
+    if mode == "from_train":
+        if len(split.images) < 2:
+            raise DataError(
+                f"val_split from_train needs at least 2 normal training images, found "
+                f"{len(split.images)} (add images or use val_split: none)"
+            )
+        rows = splits.pick_share(len(split.images), ratio, rng)
+    else:
+        rows = splits.stratified_pick(split.labels, split.groups, ratio, rng)
+    keep = np.setdiff1d(np.arange(len(split.images)), rows)
+    out = dict(arrays)
+    for suffix in ("", "_labels", "_masks"):
+        if src + suffix in arrays:
+            out["val" + suffix] = arrays[src + suffix][rows]
+            out[src + suffix] = arrays[src + suffix][keep]
+    if mode == "from_train":
+        out["val_labels"] = np.zeros(len(rows), dtype=np.int64)
+    plan.splits["val"] = _subset(split, rows)
+    plan.splits[src] = _subset(split, keep)
+    return out
+
+
+def _split_notes(
+    plan: _Plan, mode: str, ratio: float | None, seed: int, holdout_fraction: float
+) -> dict[str, str]:
+    """How each split was made, one phrase each (counts are added by describe_splits)."""
+    n_val = len(plan.splits["val"].images) if "val" in plan.splits else 0
+    train = "normal training images"
+    test = "test images (normal and abnormal)"
+    if plan.held_out:
+        train += (
+            f"; {len(plan.held_out)} moved to test as normal test images (no normal test "
+            f"images; holdout_fraction {holdout_fraction:g}, seed {seed})"
+        )
+    pct = f"{100 * ratio:g} %" if ratio is not None else ""
+    if mode == "from_train":
+        val = f"from_train: {pct} of the normal training images, drawn with seed {seed}"
+        train += f"; {n_val} held out for validation"
+    elif mode == "from_test":
+        val = (
+            f"from_test: {pct} of the test images, stratified by label and defect kind, "
+            f"drawn with seed {seed}; disjoint from the remaining test images"
+        )
+        test += f"; {n_val} moved to validation"
+    elif mode == "given":
+        val = f"given: {_given_val(plan)}"
+    else:
+        val = mode if ":" in mode else "none (val_split: none)"
+    return {"train": train, "val": val, "test": test}
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -561,6 +660,8 @@ def load_folder(
     mask_dir: str | None = None,
     val_dir: str | None = None,
     csv: str | None = None,
+    val_split: str = "auto",
+    val_split_ratio: float | None = None,
     image_size: int = 64,
     rgb: bool = False,
     normalize: str = "auto",
@@ -580,24 +681,32 @@ def load_folder(
         isinstance(holdout_fraction, (int, float)) and 0.0 < holdout_fraction < 1.0
     ):
         raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
+    val_split, val_split_ratio = splits.check_val_split(val_split, val_split_ratio)
 
     plan = _plan(root, csv, normal_dir, abnormal_dirs, normal_test_dir, mask_dir, val_dir)
+    mode, ratio = splits.resolve_val_split(val_split, val_split_ratio, _given_val(plan))
+    if mode == "none":
+        plan.splits.pop("val", None)
     if not any(label == 0 for label in plan.splits["test"].labels):
         plan.held_out = _hold_out(
             plan.splits["train"], float(holdout_fraction), seed, plan.splits["test"]
         )
     _check_disjoint(plan.splits)
     arrays, where, cache_file = _cached_images(plan, reader_kw, image_size, cache, cache_dir)
+    if mode == "from_train" and len(plan.splits["train"].images) < 2 and val_split == "auto":
+        mode = "none: only 1 normal training image, none to spare for validation"
+    arrays = _carve_val(arrays, plan, mode, ratio, seed)
 
     train, test = plan.splits["train"], plan.splits["test"]
+    val = plan.splits.get("val", _Split())
     groups = ", ".join(f"{g} {n}" for g, n in Counter(test.groups).items())
     window = reader_kw["window"]
     return AnomalyDataset(
         name=Path(csv).stem if csv is not None else (plan.base.resolve().name or "folder"),
         description=(
             f"image folder {plan.base}: {len(train.images)} normal training, "
-            f"{len(test.images)} test images ({groups}), {image_size} px, "
-            f"{'RGB' if rgb else 'grayscale'}"
+            f"{len(val.images)} validation, {len(test.images)} test images ({groups}), "
+            f"{image_size} px, {'RGB' if rgb else 'grayscale'}"
         ),
         **cache_lib.split_tensors(arrays),
         info={
@@ -605,9 +714,14 @@ def load_folder(
             "root": str(plan.base),
             "csv": None if csv is None else str(plan.meta_files[0]),
             "n_train": len(train.images),
-            "n_val": len(plan.splits["val"].images) if "val" in plan.splits else 0,
+            "n_val": len(val.images),
             "test_groups": list(test.groups),
             "test_files": [_rel(p, plan.base) for p in test.images],
+            "val_groups": list(val.groups),
+            "val_files": [_rel(p, plan.base) for p in val.images],
+            "val_split": mode.split(":")[0],
+            "val_split_ratio": ratio if mode in ("from_train", "from_test") else None,
+            "splits": _split_notes(plan, mode, ratio, seed, holdout_fraction),
             "held_out": [_rel(p, plan.base) for p in plan.held_out],
             "holdout_fraction": float(holdout_fraction) if plan.held_out else None,
             "seed": seed,

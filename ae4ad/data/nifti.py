@@ -30,8 +30,13 @@ Per volume (see :func:`load_nifti` for the parameters):
 Splits are by subject, never by slice: the sorted subjects are shuffled with ``seed``;
 ``round(test_fraction * n)`` (at least 1) are test subjects, ``round(val_fraction * n)``
 validation subjects, the rest training subjects. Test and validation keep all their
-slices (labelled); training keeps only the normal slices of training subjects. ``info``
-reports the subjects and the slice counts of every split and what was dropped.
+slices (labelled); training keeps only the normal slices of training subjects. Without
+validation subjects (``val_fraction`` 0, no ``val`` rows in the CSV) ``val_split`` ("auto")
+holds a seeded 10 % of the training subjects (at least one) out as a normal validation
+split; ``val_split: from_test`` instead moves a seeded half of the test subjects,
+stratified by whether they have abnormal slices, to a labelled validation split (see
+:mod:`ae4ad.data.splits`). ``info`` reports the subjects and the slice counts of every
+split, how each split was made (``splits``) and what was dropped.
 
 Example:
     >>> import tempfile, numpy as np, nibabel as nib
@@ -47,7 +52,9 @@ Example:
     >>> ds = load_dataset("nifti", root=str(root), image_size=8, test_fraction=0.25,
     ...                   cache=False)
     >>> ds.info["n_subjects"], ds.info["n_slices"]
-    ({'train': 3, 'val': 0, 'test': 1}, {'train': 9, 'val': 0, 'test': 6})
+    ({'train': 2, 'val': 1, 'test': 1}, {'train': 6, 'val': 3, 'test': 6})
+    >>> ds.info["splits"]["val"].split(";")[0]
+    'from_train: 10 % of the training subjects (normal slices), drawn with seed 0'
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ from pathlib import Path
 import numpy as np
 
 from ae4ad.data import cache as cache_lib
-from ae4ad.data import pixels
+from ae4ad.data import pixels, splits
 from ae4ad.data.base import AnomalyDataset, DataError, register_source
 
 __all__ = ["load_nifti"]
@@ -367,6 +374,7 @@ def _build(volumes: list[_Volume], roles: list[str], p: dict) -> dict[str, np.nd
         "slices_per_subject": {},
         "dropped": {"low_foreground": 0, "ambiguous": 0, "abnormal_in_train_subjects": 0},
         "slice_ids": {},
+        "row_subjects": {},
     }
     for split in ("train", "val", "test"):
         parts = [(v, r) for v, r in zip(volumes, results) if v.split == split]
@@ -385,17 +393,128 @@ def _build(volumes: list[_Volume], roles: list[str], p: dict) -> dict[str, np.nd
         if len(x) == 0:
             continue
         out[split] = x
+        info["slice_ids"][split] = [
+            f"{v.subject}:{_strip(v.image.name)}:{k}" for v, r in parts for k in r["index"]
+        ]
+        info["row_subjects"][split] = [v.subject for v, r in parts for _ in r["index"]]
         if split != "train":
             out[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
             out[f"{split}_masks"] = np.stack([m for _, r in parts for m in r["masks"]]).reshape(
                 len(x), 1, size, size
             )
             info["n_slices_abnormal"][split] = int(sum(labels))
-            info["slice_ids"][split] = [
-                f"{v.subject}:{_strip(v.image.name)}:{k}" for v, r in parts for k in r["index"]
-            ]
     out["info_json"] = np.asarray(json.dumps(info))
     return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _given_val(subjects: dict[str, list[str]], csv: Path | None, val_fraction: float) -> str | None:
+    """Where the data's own validation subjects come from, or None without any."""
+    n = len(subjects["val"])
+    if not n:
+        return None
+    by = f"the split column of {csv.name}" if csv is not None else f"val_fraction {val_fraction:g}"
+    return f"{n} validation subject{'s' if n > 1 else ''} from {by}"
+
+
+def _val_subjects(
+    arrays: dict[str, np.ndarray],
+    row_subjects: np.ndarray,
+    src: str,
+    mode: str,
+    ratio: float,
+    seed: int,
+) -> list[str]:
+    """The subjects drawn for validation from split ``src``: a share of those with slices
+    (``from_train``), or of the test subjects stratified by whether they have abnormal
+    slices (``from_test``)."""
+    units = sorted(set(row_subjects.tolist()))
+    rng = splits.val_rng(seed)
+    if mode == "from_train":
+        if len(units) < 2:
+            raise DataError(
+                f"val_split from_train needs at least 2 training subjects with normal slices, "
+                f"found {len(units)} (add subjects or use val_split: none)"
+            )
+        return [units[int(i)] for i in splits.pick_share(len(units), ratio, rng)]
+    labels = arrays["test_labels"]
+    with_lesion = [int(labels[row_subjects == u].max()) for u in units]
+    strata = ["lesion" if x else "no lesion" for x in with_lesion]
+    try:
+        picked = splits.stratified_pick(with_lesion, strata, ratio, rng, need=(1,))
+    except DataError:
+        raise DataError(
+            f"val_split from_test needs at least 2 test subjects with abnormal slices, found "
+            f"{sum(with_lesion)} (raise test_fraction, add subjects or use val_split: "
+            "from_train)"
+        ) from None
+    return [units[int(i)] for i in picked]
+
+
+def _carve_val(
+    arrays: dict[str, np.ndarray], info: dict, mode: str, ratio: float | None, seed: int
+) -> dict[str, np.ndarray]:
+    """``arrays`` with validation subjects drawn from the training subjects (normal
+    slices, ``from_train``) or the test subjects (all slices, labelled, ``from_test``);
+    ``info`` (subjects, slice counts and ids) follows. ``none`` drops a validation split."""
+    if mode == "none":
+        info["subjects"]["val"], info["n_slices"]["val"] = [], 0
+        return {k: v for k, v in arrays.items() if not k.startswith("val")}
+    if mode not in ("from_train", "from_test") or ratio is None:
+        return arrays
+    src = "train" if mode == "from_train" else "test"
+    row_subjects = np.asarray(info["row_subjects"][src], dtype=object)
+    chosen = _val_subjects(arrays, row_subjects, src, mode, ratio, seed)
+    is_val = np.isin(row_subjects, chosen)
+    out = dict(arrays)
+    for suffix in ("", "_labels", "_masks"):
+        if src + suffix in arrays:
+            out["val" + suffix] = arrays[src + suffix][is_val]
+            out[src + suffix] = arrays[src + suffix][~is_val]
+    if mode == "from_train":
+        out["val_labels"] = np.zeros(int(is_val.sum()), dtype=np.int64)
+    else:
+        for split in ("val", "test"):
+            n1 = int(out[f"{split}_labels"].sum())
+            if n1 == len(out[split]):
+                raise DataError(
+                    f"val_split from_test: the {split} subjects have no normal slice; "
+                    "change seed or val_split_ratio, or use val_split: from_train"
+                )
+            info["n_slices_abnormal"][split] = n1
+    for key in ("slice_ids", "row_subjects"):
+        items = np.asarray(info[key][src], dtype=object)
+        info[key]["val"], info[key][src] = items[is_val].tolist(), items[~is_val].tolist()
+    info["n_slices"]["val"], info["n_slices"][src] = len(out["val"]), len(out[src])
+    info["subjects"]["val"] = sorted(chosen)
+    info["subjects"][src] = sorted(set(info["subjects"][src]) - set(chosen))
+    return out
+
+
+def _split_notes(mode: str, ratio: float | None, seed: int, given: str | None) -> dict[str, str]:
+    """How each split was made, one phrase each (counts are added by describe_splits)."""
+    train = f"normal slices of the training subjects (subjects shuffled with seed {seed})"
+    test = "all slices of the test subjects, labelled"
+    pct = f"{100 * ratio:g} %" if ratio is not None else ""
+    if mode == "from_train":
+        val = (
+            f"from_train: {pct} of the training subjects (normal slices), drawn with seed "
+            f"{seed}; subject-disjoint from training and test"
+        )
+    elif mode == "from_test":
+        val = (
+            f"from_test: {pct} of the test subjects (all slices, labelled), stratified by "
+            f"whether a subject has abnormal slices, drawn with seed {seed}; "
+            "subject-disjoint from the remaining test subjects"
+        )
+        test = "all slices of the remaining test subjects, labelled"
+    elif mode == "given":
+        val = f"given: all slices of {given}, labelled"
+    else:
+        val = mode if ":" in mode else "none (val_split: none)"
+    return {"train": train, "val": val, "test": test}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -479,6 +598,7 @@ def _cached_slices(
     files += [v.image for v in volumes] + [v.seg for v in volumes if v.seg is not None]
     params = {
         **p,
+        "layout": 2,  # the cached info holds row_subjects and the training slice_ids
         "base": str(found.base.resolve()),
         "volumes": [[v.subject, str(v.image), str(v.seg), v.split] for v in volumes],
     }
@@ -524,6 +644,8 @@ def load_nifti(
     percentiles: Sequence[float] = (1.0, 99.0),
     test_fraction: float = 0.3,
     val_fraction: float = 0.0,
+    val_split: str = "auto",
+    val_split_ratio: float | None = None,
     seed: int = 0,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
@@ -544,8 +666,14 @@ def load_nifti(
             fewer but some are dropped.
         seg_labels: segmentation labels that count as lesion (default: any non-zero).
         percentiles: (low, high) percentiles of the foreground voxels clipped to -1 / 1.
-        test_fraction / val_fraction: shares of subjects for test / validation.
-        seed: seed of the subject shuffle.
+        test_fraction / val_fraction: shares of subjects for test / validation (labelled).
+        val_split: ``"auto"`` (the validation subjects of ``val_fraction`` or the CSV when
+            there are any, else ``"from_train"``), ``"from_train"`` (a share of the
+            training subjects, normal slices), ``"from_test"`` (a share of the test
+            subjects, all slices, labelled) or ``"none"`` (see :mod:`ae4ad.data.splits`).
+        val_split_ratio: share of subjects drawn for validation; default 0.1 of the
+            training subjects (``from_train``) or 0.5 of the test subjects (``from_test``).
+        seed: seed of the subject shuffle and of the validation draw.
         cache: read/write the slices in ``cache_dir`` and memoise them in-process.
         cache_dir: default ``AE4AD_CACHE`` or ``<root>/.ae4ad_cache`` (the CSV's folder
             without ``root``).
@@ -561,11 +689,23 @@ def load_nifti(
     if not isinstance(modality, str) or not modality:
         raise DataError(f"modality must be a file tag such as flair, got {modality!r}")
 
+    val_split, val_split_ratio = splits.check_val_split(val_split, val_split_ratio)
+    if val_split == "none" and val_fraction > 0:
+        raise DataError("val_fraction asks for validation subjects but val_split is none")
+
     found = _find_volumes(root, csv, modality)
     subjects = _assign_splits(found.volumes, test_fraction, val_fraction, seed)
+    given = _given_val(subjects, found.csv, val_fraction)
+    mode, ratio = splits.resolve_val_split(val_split, val_split_ratio, given)
     arrays, where, cache_file = _cached_slices(found, subjects, p, cache, cache_dir)
     _require_slices(arrays, subjects)
-    n_sub = {k: len(v) for k, v in subjects.items()}
+    info = json.loads(str(arrays["info_json"]))
+    info["subjects"] = {k: list(v) for k, v in subjects.items()}
+    n_train_subjects = len(set(info["row_subjects"].get("train", [])))
+    if mode == "from_train" and val_split == "auto" and n_train_subjects < 2:
+        mode = "none: only 1 training subject, none to spare for validation"
+    arrays = _carve_val(arrays, info, mode, ratio, seed)
+    n_sub = {k: len(v) for k, v in info["subjects"].items()}
     return AnomalyDataset(
         name=found.name or "nifti",
         description=(
@@ -579,10 +719,12 @@ def load_nifti(
             "csv": None if found.csv is None else str(found.csv),
             "modality": modality,
             "axis": axis,
-            "subjects": subjects,
             "n_subjects": n_sub,
             "n_subjects_without_seg": sum(v.seg is None for v in found.volumes),
-            **json.loads(str(arrays["info_json"])),
+            **info,
+            "val_split": mode.split(":")[0],
+            "val_split_ratio": ratio if mode in ("from_train", "from_test") else None,
+            "splits": _split_notes(mode, ratio, seed, given),
             "seed": seed,
             "cache": where,
             "cache_file": None if cache_file is None else str(cache_file),

@@ -137,8 +137,11 @@ def mvtec(tmp_path) -> Path:
 
 
 def load(root: Path, **params):
+    """The folder at ``root``; without a validation split unless ``val_split`` is given
+    (the validation splits have their own tests)."""
     params.setdefault("cache_dir", root.parent / "cache")
     params.setdefault("image_size", 12)
+    params.setdefault("val_split", "none")
     return load_dataset("folder", root=str(root), **params)
 
 
@@ -268,7 +271,7 @@ def test_explicit_folders(tmp_path):
     write_png(root / "valid" / "v.png", 30)
     ds = load(
         root, normal_dir="ok", normal_test_dir="holdout", abnormal_dirs=["bad_a", "bad_b"],
-        mask_dir="masks", val_dir="valid", normalize="fixed",
+        mask_dir="masks", val_dir="valid", normalize="fixed", val_split="auto",
     )  # fmt: skip
     assert len(ds.train) == 3 and ds.test_labels.tolist() == [0, 1, 1]
     assert ds.info["test_groups"] == ["good", "bad_a", "bad_b"]
@@ -284,7 +287,7 @@ def test_explicit_folders(tmp_path):
 
 def test_mvtec_validation_folder_is_found(mvtec):
     write_png(mvtec / "validation" / "good" / "v0.png", 70)
-    ds = load(mvtec)
+    ds = load(mvtec, val_split="auto")
     assert len(ds.val) == 1 and ds.info["n_val"] == 1
 
 
@@ -322,7 +325,9 @@ def test_csv_without_normal_test_rows_holds_out(tmp_path):
     (root / "l.csv").write_text(
         "path,label\n" + "".join(f"n{i}.png,0\n" for i in range(5)) + "a.png,1\n"
     )
-    ds = load_dataset("folder", csv=str(root / "l.csv"), image_size=8, cache=False)
+    ds = load_dataset(
+        "folder", csv=str(root / "l.csv"), image_size=8, cache=False, val_split="none"
+    )
     assert len(ds.train) == 4 and ds.test_labels.tolist() == [0, 1]
 
 
@@ -413,7 +418,8 @@ def test_cache_memory_disk_and_invalidation(mvtec):
     # the default cache folder is <root>/.ae4ad_cache, which the listing skips
     ds = load_dataset("folder", root=str(mvtec), image_size=12)
     assert Path(ds.info["cache_file"]).parent == mvtec / ".ae4ad_cache"
-    assert len(load_dataset("folder", root=str(mvtec), image_size=12).train) == 6
+    again = load_dataset("folder", root=str(mvtec), image_size=12, val_split="none")
+    assert len(again.train) == 6
 
 
 # ----------------------------------------------------------------------------- errors

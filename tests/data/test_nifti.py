@@ -82,6 +82,8 @@ def load(root: Path, **params):
     params.setdefault("cache_dir", root.parent / "cache")
     params.setdefault("image_size", 10)
     params.setdefault("test_fraction", 0.5)
+    if "val_fraction" not in params:  # the validation draws have their own tests
+        params.setdefault("val_split", "none")
     return load_dataset("nifti", root=str(root), **params)
 
 
