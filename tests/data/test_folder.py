@@ -24,7 +24,9 @@ import ae4ad.data  # noqa: F401  (registers the sources)
 from ae4ad.data import cache as cache_lib
 from ae4ad.data import folder as folder_module
 from ae4ad.data import pixels
+from ae4ad.data import splits as splits_module
 from ae4ad.data.base import DataError, load_dataset
+from ae4ad.data.splits import describe_splits
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 24  # side of the written images
@@ -422,6 +424,157 @@ def test_cache_memory_disk_and_invalidation(mvtec):
     assert len(again.train) == 6
 
 
+# ----------------------------------------------------------------------------- validation
+
+
+def values(x: torch.Tensor) -> list[float]:
+    """The constant value of each image (the fixtures' images are constant), rounded."""
+    return [round(float(v), 3) for v in x[:, 0, 0, 0]]
+
+
+def make_wide(root: Path) -> Path:
+    """The mvtec tree with 4 normal test images, 4 cracks and 2 scratches (all distinct
+    constant values, so every image can be told apart by its pixels)."""
+    make_mvtec(root)
+    for i in range(2, 4):
+        write_png(root / "test" / "good" / f"{i:03d}.png", 100 + 10 * i)
+        write_png(root / "test" / "crack" / f"{i:03d}.png", 200 + 10 * i)
+        write_mask(root / "ground_truth" / "crack" / f"{i:03d}_mask.png")
+    return root
+
+
+def test_default_validation_is_held_out_of_the_normal_training_images(mvtec):
+    full = load(mvtec, normalize="fixed")
+    ds = load(mvtec, normalize="fixed", val_split="auto")
+    # 6 training images: round(0.1 * 6) = 1 held out, never trained on, all normal
+    assert (len(ds.train), len(ds.val)) == (5, 1) and ds.val_labels.tolist() == [0]
+    assert ds.val_masks is None and ds.info["val_split"] == "from_train"
+    assert ds.info["val_split_ratio"] == 0.1 and ds.info["n_train"] == 5
+    assert ds.info["n_val"] == 1 and ds.info["val_files"][0].startswith("train/good/")
+    assert sorted(values(ds.train) + values(ds.val)) == sorted(values(full.train))
+    assert not set(values(ds.train)) & set(values(ds.val))
+    assert torch.equal(ds.test, full.test)  # the test split is untouched
+    assert ds.info["splits"]["val"].startswith("from_train: 10 % of the normal training")
+    # seeded: the same seed draws the same image, other seeds others; a larger share more
+    assert load(mvtec, val_split="auto").info["val_files"] == ds.info["val_files"]
+    drawn = {tuple(load(mvtec, val_split="auto", seed=s).info["val_files"]) for s in range(8)}
+    assert len(drawn) > 1
+    half = load(mvtec, val_split="from_train", val_split_ratio=0.5)
+    assert (len(half.train), len(half.val), half.info["val_split_ratio"]) == (3, 3, 0.5)
+    # the cached arrays are not changed by the draw: a load without validation has all 6
+    assert len(load(mvtec).train) == 6
+
+
+def test_from_test_is_labelled_stratified_seeded_and_disjoint(tmp_path):
+    root = make_wide(tmp_path / "wide")
+    full = load(root, normalize="fixed")
+    ds = load(root, normalize="fixed", val_split="from_test")
+    assert torch.equal(ds.train, full.train) and ds.info["val_split"] == "from_test"
+    # half of each label, spread over the defect kinds: 2 of 4 normal; 3 of 6 abnormal as
+    # 2 of 4 cracks and 1 of 2 scratches
+    groups = sorted(ds.info["val_groups"])
+    assert groups == ["crack", "crack", "good", "good", "scratch"]
+    assert ds.val_labels.tolist() == [0 if g == "good" else 1 for g in ds.info["val_groups"]]
+    assert sorted(ds.info["test_groups"]) == ["crack", "crack", "good", "good", "scratch"]
+    # val and the remaining test images are disjoint and together the original test set
+    assert not set(ds.info["val_files"]) & set(ds.info["test_files"])
+    assert sorted(ds.info["val_files"] + ds.info["test_files"]) == sorted(full.info["test_files"])
+    assert sorted(values(ds.val) + values(ds.test)) == sorted(values(full.test))
+    # the tensors follow the file lists: labels and masks travel with their images
+    by_file = dict(zip(full.info["test_files"], values(full.test)))
+    assert values(ds.val) == [by_file[f] for f in ds.info["val_files"]]
+    assert values(ds.test) == [by_file[f] for f in ds.info["test_files"]]
+    assert ds.val_masks is not None
+    assert [bool(m.sum() > 0) for m in ds.val_masks] == [bool(y) for y in ds.val_labels]
+    assert ds.test_labels.tolist() == [0 if g == "good" else 1 for g in ds.info["test_groups"]]
+    # seeded and other seeds draw other images
+    again = load(root, val_split="from_test")
+    assert again.info["val_files"] == ds.info["val_files"]
+    drawn = {tuple(load(root, val_split="from_test", seed=s).info["val_files"]) for s in range(6)}
+    assert len(drawn) > 1
+    text = describe_splits(ds)
+    assert text["val"].startswith("2 normal, 3 abnormal: from_test: 50 % of the test images")
+    assert text["test"].startswith("2 normal, 3 abnormal: test images")
+
+
+def test_from_test_with_the_hold_out_and_a_csv(tmp_path):
+    # no test/good: the held-out normal images are the normal test images to draw from
+    root = make_mvtec(tmp_path / "bottle", test_good=False)
+    ds = load(root, val_split="from_test", holdout_fraction=0.5)
+    assert len(ds.train) == 3 and len(ds.info["held_out"]) == 3
+    # round(0.5 * 3) = 2 of the 3 normal and 2 of the 4 abnormal test images
+    assert sorted(ds.val_labels.tolist()) == [0, 0, 1, 1] and ds.test_labels.tolist() == [0, 1, 1]
+    held = set(ds.info["held_out"])
+    assert {f for f, g in zip(ds.info["val_files"], ds.info["val_groups"]) if g == "good"} < held
+    # a CSV without val rows splits the same way
+    rows = ["path,label"] + [f"train/good/{i:03d}.png,0" for i in range(6)]
+    rows += ["test/good/000.png,0,", "test/good/001.png,0"]
+    rows += [f"test/crack/{i:03d}.png,1" for i in range(2)]
+    csv_root = make_mvtec(tmp_path / "c")
+    (csv_root / "l.csv").write_text("\n".join(r.rstrip(",") for r in rows) + "\n")
+    c = load_dataset("folder", csv=str(csv_root / "l.csv"), image_size=8, cache=False,
+                     val_split="from_test")  # fmt: skip
+    assert c.val_labels.tolist() == [0, 1] and c.test_labels.tolist() == [0, 1]
+
+
+def test_a_fit_on_from_test_reports_val_auc_and_the_validation_error(tmp_path):
+    from ae4ad.train import fit
+
+    root = make_wide(tmp_path / "wide")
+    config = {
+        "dataset": "folder", "model": "ae", "epochs": 1, "batch_size": 4,
+        "model_params": {"latent_dim": 2, "num_blocks": 2, "hidden_dim": 8, "base_width": 4},
+    }  # fmt: skip
+    with_val = load(root, val_split="from_test")
+    last = list(fit(config, with_val))[-1]
+    assert 0.0 <= last["val_auc"] <= 1.0 and 0.0 <= last["val_ap"] <= 1.0
+    assert last["recon_error_val_normal"] > 0 and last["dice_threshold_source"] == "val"
+    normal_val = list(fit(config, load(root, val_split="from_train")))[-1]
+    assert normal_val["recon_error_val_normal"] > 0 and "val_auc" not in normal_val
+
+
+def test_validation_choices_and_their_errors(tmp_path, mvtec):
+    write_png(mvtec / "validation" / "good" / "v0.png", 70)
+    assert load(mvtec, val_split="auto").info["val_split"] == "given"
+    assert load(mvtec, val_split="auto").info["splits"]["val"].startswith("given: 1 images in")
+    none = load(mvtec, val_split="none")
+    assert none.val is None and none.info["splits"]["val"] == "none (val_split: none)"
+    with pytest.raises(DataError, match="val_split is from_test but the data already name"):
+        load(mvtec, val_split="from_test")
+    with pytest.raises(DataError, match="val_split_ratio is not used"):
+        load(mvtec, val_split="auto", val_split_ratio=0.3)
+    shutil.rmtree(mvtec / "validation")
+    # too few normal test images to leave one on both sides
+    shutil.rmtree(mvtec / "test" / "good")
+    write_png(mvtec / "test" / "good" / "only.png", 90)
+    with pytest.raises(DataError, match="1 normal item.*use val_split: from_train"):
+        load(mvtec, val_split="from_test")
+    # one training image: auto makes no validation split and says why; from_train fails
+    one = tmp_path / "one"
+    write_png(one / "train" / "good" / "a.png", 10)
+    write_png(one / "test" / "good" / "b.png", 20)
+    write_png(one / "test" / "bad" / "c.png", 200)
+    ds = load(one, val_split="auto")
+    assert ds.val is None and ds.info["val_split"] == "none"
+    assert "only 1 normal training image" in ds.info["splits"]["val"]
+    with pytest.raises(DataError, match="from_train needs at least 2 normal training"):
+        load(one, val_split="from_train")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"val_split": "from_val"}, "val_split must be one of auto, from_train, from_test"),
+        ({"val_split": "auto", "val_split_ratio": 1.0}, r"val_split_ratio must be in \(0, 1\)"),
+        ({"val_split": "from_test", "val_split_ratio": True}, "val_split_ratio must be in"),
+        ({"val_split": "none", "val_split_ratio": 0.2}, "val_split is none"),
+    ],
+)
+def test_bad_validation_params(mvtec, params, message):
+    with pytest.raises(DataError, match=message):
+        load(mvtec, **params)
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -517,7 +670,7 @@ def test_bad_csv(tmp_path, body, message):
 
 
 def test_doctests():
-    for module in (folder_module, pixels):
+    for module in (folder_module, pixels, splits_module):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
 

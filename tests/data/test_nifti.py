@@ -235,6 +235,89 @@ def test_cache_keeps_info(root):
     assert load(root, axis=1, min_lesion_pixels=1).info["cache"] == "built"
 
 
+# ----------------------------------------------------------------------------- validation
+
+
+def subject_of(slice_id: str) -> str:
+    return slice_id.split(":")[0]
+
+
+def test_default_validation_holds_out_training_subjects(root):
+    base = load(root)
+    ds = load(root, val_split="auto")
+    info = ds.info
+    # 3 training subjects: round(0.1 * 3) = 0, at least 1 -> one validation subject
+    assert info["n_subjects"] == {"train": 2, "val": 1, "test": 3}
+    assert info["val_split"] == "from_train" and info["val_split_ratio"] == 0.1
+    val_subject = info["subjects"]["val"][0]
+    assert val_subject in base.info["subjects"]["train"]
+    assert sorted(info["subjects"]["train"] + [val_subject]) == base.info["subjects"]["train"]
+    assert {subject_of(i) for i in info["slice_ids"]["val"]} == {val_subject}
+    assert not {subject_of(i) for i in info["slice_ids"]["train"]} & {val_subject}
+    # normal slices only, no masks; the training slices are split, not changed
+    assert int(ds.val_labels.sum()) == 0 and ds.val_masks is None
+    assert len(ds.train) + len(ds.val) == len(base.train) == base.info["n_slices"]["train"]
+    assert info["n_slices"]["val"] == len(ds.val) and info["n_slices"]["train"] == len(ds.train)
+    assert torch.equal(ds.test, base.test)
+    kept = set(info["slice_ids"]["train"]) | set(info["slice_ids"]["val"])
+    assert kept == set(base.info["slice_ids"]["train"])
+    assert info["splits"]["val"].startswith("from_train: 10 % of the training subjects")
+    assert load(root, val_split="auto").info["subjects"] == info["subjects"]
+
+
+def _seed_with_lesions_in_test(root: Path, at_least: int) -> int:
+    """A seed whose test subjects include ``at_least`` subjects with lesions."""
+    for seed in range(40):
+        test = load(root, seed=seed).info["subjects"]["test"]
+        if sum(int(s[3:]) % 2 == 0 and s != "sub5" for s in test) >= at_least:
+            return seed
+    raise AssertionError("no such seed in 0..39")
+
+
+def test_from_test_moves_whole_test_subjects_stratified(root):
+    seed = _seed_with_lesions_in_test(root, 2)
+    base = load(root, seed=seed)
+    ds = load(root, seed=seed, val_split="from_test")
+    info = ds.info
+    val, test = set(info["subjects"]["val"]), set(info["subjects"]["test"])
+    assert val and not val & test and val | test == set(base.info["subjects"]["test"])
+    lesion = {s for s in base.info["subjects"]["test"] if int(s[3:]) % 2 == 0}
+    # half of the subjects with lesions (at least one on each side) and half without
+    assert val & lesion and test & lesion
+    assert len(val & lesion) == min(len(lesion) - 1, max(1, round(0.5 * len(lesion))))
+    assert len(val - lesion) == round(0.5 * len(set(base.info["subjects"]["test"]) - lesion))
+    # every slice of the chosen subjects moved, labels and masks with them
+    assert {subject_of(i) for i in info["slice_ids"]["val"]} == val
+    assert {subject_of(i) for i in info["slice_ids"]["test"]} == test
+    assert len(ds.val) + len(ds.test) == len(base.test)
+    assert int(ds.val_labels.sum()) + int(ds.test_labels.sum()) == int(base.test_labels.sum())
+    for x in (ds.val_labels, ds.test_labels):
+        assert 0 < int(x.sum()) < len(x)  # both sides have normal and abnormal slices
+    assert [bool(m.sum() > 0) for m in ds.val_masks] == [bool(y) for y in ds.val_labels]
+    assert info["n_slices_abnormal"]["val"] == int(ds.val_labels.sum())
+    assert torch.equal(ds.train, base.train) and info["val_split"] == "from_test"
+    assert "subject-disjoint" in info["splits"]["val"]
+
+
+def test_validation_choices_and_errors(root):
+    given = load(root, val_fraction=0.2, test_fraction=0.34)
+    assert given.info["val_split"] == "given" and len(given.info["subjects"]["val"]) == 1
+    assert given.info["splits"]["val"].startswith("given: all slices of 1 validation subject")
+    with pytest.raises(DataError, match="val_split is from_test but the data already name"):
+        load(root, val_fraction=0.2, val_split="from_test")
+    with pytest.raises(DataError, match="val_fraction asks for validation subjects"):
+        load(root, val_fraction=0.2, val_split="none")
+    seed = next(
+        s
+        for s in range(40)
+        if sum(int(n[3:]) % 2 == 0 for n in load(root, seed=s).info["subjects"]["test"]) == 1
+    )
+    with pytest.raises(DataError, match="from_test needs at least 2 test subjects with abnormal"):
+        load(root, seed=seed, val_split="from_test")
+    with pytest.raises(DataError, match="val_split must be one of"):
+        load(root, val_split="same_as_test")
+
+
 # ----------------------------------------------------------------------------- errors
 
 
