@@ -168,6 +168,20 @@ def _print_header(plan: Plan, options: RunOptions, bundle, nodes, out: TextIO) -
         print(line, file=out, flush=True)
 
 
+def _record_splits(run_dir: Path, datasets: Mapping[str, Any], out: TextIO) -> None:
+    """How each data set's splits were made: in meta.json (the report's run facts) and
+    one console line per data set for its validation split."""
+    if not datasets:
+        return
+    from ae4ad.data.splits import describe_splits
+    from study.results import update_meta
+
+    splits = {label: describe_splits(ds) for label, ds in datasets.items()}
+    update_meta(run_dir, data_splits=splits)
+    for label, made in splits.items():
+        print(f"data {label}: validation {made['val']}", file=out, flush=True)
+
+
 def _fit(tuner: Any, plan: Plan, bundle: Mapping[str, float], nodes: Sequence[Mapping]) -> float:
     """Run the trials; the seconds it took."""
     from study.tuner import pending_trials
@@ -211,6 +225,7 @@ def _run_session(
     session.open()
     out = options.out or sys.stdout
     _print_header(plan, options, bundle, nodes, out)
+    _record_splits(space.run_dir, datasets, out)
     live.keeper, resume_from, prior = _checkpoint_setup(
         space, tables, session.entry["keep_models"], options, nodes, out
     )

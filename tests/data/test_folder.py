@@ -707,3 +707,44 @@ def test_cli_dry_run_and_data_error_exit_2(mvtec, tmp_path, capsys):
     assert len(err) == 1
     assert err[0].startswith("error: folder.yaml: datasets 'folder': cannot read image ")
     assert not (tmp_path / "runs" / "folder").exists()
+
+
+def test_cli_study_with_from_test_reports_val_auc_and_the_elbow(tmp_path, capsys):
+    """The command line on a generated tree with ``val_split: from_test``: every trial
+    has val_auc, meta.json and the report's run facts say how the splits were made, and
+    the report's elbow prediction is available."""
+    import json
+
+    import pandas as pd
+
+    from study.cli import main
+
+    root = make_wide(tmp_path / "wide")
+    for i in range(6, 12):
+        write_png(root / "train" / "good" / f"{i:03d}.png", 10 * (i + 1))
+    override = [
+        f"datasets[0].params.root={root}", "datasets[0].params.image_size=16",
+        "datasets[0].params.val_split=from_test", "models[0].params.num_blocks=2",
+        "models[0].params.latent_dim=[2,4,8]", "models[0].params.hidden_dim=16",
+        "models[0].params.base_width=4", "training.epochs=1", "training.batch_size=4",
+        f"storage_path={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    args = ["--space", "folder", "--num-cpus", "2", "--keep-models", "none"]
+    saved = dict(os.environ)
+    try:
+        assert main([*args, *(a for o in override for a in ("--override", o))]) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out = capsys.readouterr().out
+    assert "data folder: validation 2 normal, 3 abnormal: from_test: 50 % of the test" in out
+    run = tmp_path / "runs" / "folder"
+    trials = pd.read_parquet(run / "trials.parquet")
+    assert len(trials) == 3 and trials["val_auc"].between(0, 1).all()
+    assert trials["recon_error_val_normal"].gt(0).all()
+    splits = json.loads((run / "meta.json").read_text())["data_splits"]["folder"]
+    assert splits["test"].startswith("2 normal, 3 abnormal: test images")
+    report = (run / "report.html").read_text()
+    assert "<h3>Data splits</h3>" in report and "stratified by label and defect kind" in report
+    assert "elbow of the validation reconstruction error" in report
+    assert "the data set has no validation split" not in report

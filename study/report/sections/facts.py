@@ -19,8 +19,12 @@ def section(ctx: Ctx, page: Page) -> str:
     if len(ctx.all_trials):
         parts.append("<h3>Trials and compute</h3>" + kv_table(_compute(ctx)))
     if run.meta:
-        scalars = {k: v for k, v in run.meta.items() if not isinstance(v, (dict, list))}
-        nested = {k: v for k, v in run.meta.items() if isinstance(v, dict)}
+        splits = run.meta.get("data_splits")
+        if isinstance(splits, dict) and splits:
+            parts.append("<h3>Data splits</h3>" + _splits_table(splits))
+        meta = {k: v for k, v in run.meta.items() if k != "data_splits"}
+        scalars = {k: v for k, v in meta.items() if not isinstance(v, (dict, list))}
+        nested = {k: v for k, v in meta.items() if isinstance(v, dict)}
         parts.append("<h3>meta.json</h3>" + kv_table({**scalars, **nested}))
         sessions = run.meta.get("sessions")
         if isinstance(sessions, list) and sessions and all(isinstance(s, dict) for s in sessions):
@@ -32,6 +36,16 @@ def section(ctx: Ctx, page: Page) -> str:
     else:
         parts.append(na("Resolved search space", run.notes.get("space", "")))
     return "\n".join(parts)
+
+
+def _splits_table(splits: dict) -> str:
+    """One row per data set: how its training, validation and test splits were made."""
+    rows = [
+        {"dataset": label, **{k: made.get(k, "") for k in ("train", "val", "test")}}
+        for label, made in splits.items()
+        if isinstance(made, dict)
+    ]
+    return table_html(pd.DataFrame(rows))
 
 
 def _compute(ctx: Ctx) -> dict:
