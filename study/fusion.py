@@ -4,7 +4,7 @@
 
 ``resources.fuse`` decides: ``off`` (one Tune trial per config), ``K`` (bundles of up to
 K members) or ``auto`` (the default). ``auto`` fuses a grid without early stopping when
-it pays, as measured (README, Performance): always for trials that get a GPU; on the CPU
+it pays, as measured (docs/performance.md): always for trials that get a GPU; on the CPU
 only for models of images up to 32 px (latent.yaml's AE: 1.1-1.9x faster per step; the
 paper's 64 px AE is 0.4-0.7x as fast fused, grouped convolutions of that width lose to
 dense ones). Its bundle size spreads each group over the trials that can run at once,
