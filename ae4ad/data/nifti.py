@@ -493,6 +493,30 @@ def _carve_val(
     return out
 
 
+def _with_validation(
+    arrays: dict[str, np.ndarray],
+    subjects: dict[str, list[str]],
+    auto: bool,
+    mode: str,
+    ratio: float | None,
+    seed: int,
+    given: str | None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays with the validation split ``mode`` made, and the data set's ``info``
+    (the cached facts, the subjects of every split, ``val_split``, its ratio and how
+    each split was made)."""
+    info = json.loads(str(arrays["info_json"]))
+    info["subjects"] = {k: list(v) for k, v in subjects.items()}
+    n_train_subjects = len(set(info["row_subjects"].get("train", [])))
+    if mode == "from_train" and auto and n_train_subjects < 2:
+        mode = "none: only 1 training subject, none to spare for validation"
+    arrays = _carve_val(arrays, info, mode, ratio, seed)
+    info["val_split"] = mode.split(":")[0]
+    info["val_split_ratio"] = ratio if mode in ("from_train", "from_test") else None
+    info["splits"] = _split_notes(mode, ratio, seed, given)
+    return arrays, info
+
+
 def _split_notes(mode: str, ratio: float | None, seed: int, given: str | None) -> dict[str, str]:
     """How each split was made, one phrase each (counts are added by describe_splits)."""
     train = f"normal slices of the training subjects (subjects shuffled with seed {seed})"
@@ -699,12 +723,7 @@ def load_nifti(
     mode, ratio = splits.resolve_val_split(val_split, val_split_ratio, given)
     arrays, where, cache_file = _cached_slices(found, subjects, p, cache, cache_dir)
     _require_slices(arrays, subjects)
-    info = json.loads(str(arrays["info_json"]))
-    info["subjects"] = {k: list(v) for k, v in subjects.items()}
-    n_train_subjects = len(set(info["row_subjects"].get("train", [])))
-    if mode == "from_train" and val_split == "auto" and n_train_subjects < 2:
-        mode = "none: only 1 training subject, none to spare for validation"
-    arrays = _carve_val(arrays, info, mode, ratio, seed)
+    arrays, info = _with_validation(arrays, subjects, val_split == "auto", mode, ratio, seed, given)
     n_sub = {k: len(v) for k, v in info["subjects"].items()}
     return AnomalyDataset(
         name=found.name or "nifti",
@@ -722,9 +741,6 @@ def load_nifti(
             "n_subjects": n_sub,
             "n_subjects_without_seg": sum(v.seg is None for v in found.volumes),
             **info,
-            "val_split": mode.split(":")[0],
-            "val_split_ratio": ratio if mode in ("from_train", "from_test") else None,
-            "splits": _split_notes(mode, ratio, seed, given),
             "seed": seed,
             "cache": where,
             "cache_file": None if cache_file is None else str(cache_file),
