@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -487,11 +488,12 @@ def test_from_test_is_labelled_stratified_seeded_and_disjoint(tmp_path):
     assert ds.val_masks is not None
     assert [bool(m.sum() > 0) for m in ds.val_masks] == [bool(y) for y in ds.val_labels]
     assert ds.test_labels.tolist() == [0 if g == "good" else 1 for g in ds.info["test_groups"]]
-    # seeded and other seeds draw other images
+    # seeded, other seeds draw other images, and every draw is stratified alike
     again = load(root, val_split="from_test")
     assert again.info["val_files"] == ds.info["val_files"]
-    drawn = {tuple(load(root, val_split="from_test", seed=s).info["val_files"]) for s in range(6)}
-    assert len(drawn) > 1
+    draws = [load(root, val_split="from_test", seed=s).info for s in range(8)]
+    assert len({tuple(d["val_files"]) for d in draws}) > 1
+    assert all(sorted(d["val_groups"]) == groups for d in draws)
     text = describe_splits(ds)
     assert text["val"].startswith("2 normal, 3 abnormal: from_test: 50 % of the test images")
     assert text["test"].startswith("2 normal, 3 abnormal: test images")
@@ -515,6 +517,17 @@ def test_from_test_with_the_hold_out_and_a_csv(tmp_path):
     c = load_dataset("folder", csv=str(csv_root / "l.csv"), image_size=8, cache=False,
                      val_split="from_test")  # fmt: skip
     assert c.val_labels.tolist() == [0, 1] and c.test_labels.tolist() == [0, 1]
+
+
+def test_stratified_pick_keeps_the_shares_of_every_group():
+    labels = [0] * 10 + [1] * 12
+    groups = ["good"] * 10 + ["a"] * 6 + ["b"] * 4 + ["c"] * 2
+    for seed in range(20):
+        picked = splits_module.stratified_pick(labels, groups, 0.5, np.random.default_rng(seed))
+        assert Counter(groups[i] for i in picked) == {"good": 5, "a": 3, "b": 2, "c": 1}
+    # a quarter: 3 of 12 abnormal by largest remainder (a 1.5, b 1.0, c 0.5 -> 2, 1, 0)
+    picked = splits_module.stratified_pick(labels, groups, 0.25, np.random.default_rng(0))
+    assert Counter(groups[i] for i in picked) == {"good": 2, "a": 2, "b": 1}
 
 
 def test_a_fit_on_from_test_reports_val_auc_and_the_validation_error(tmp_path):
