@@ -34,7 +34,7 @@ from plotly.offline import get_plotlyjs
 
 from study import hypothesis as H
 from study.report import figures
-from study.report.context import Options
+from study.report.context import Ctx, Options
 from study.report.figures import compare as compare_figures
 from study.report.fragments import badge, esc, na, note, table_html
 from study.report.notebook import Run, load_run
@@ -61,7 +61,8 @@ class Comparison:
     labels: list[str]
     options: Options = field(default_factory=Options)
 
-    def contexts(self) -> list:
+    def contexts(self) -> list[Ctx]:
+        """Each run's report context (verdicts, summaries) at the comparison's options."""
         return [r.context(**vars(self.options)) for r in self.runs]
 
     def figure(self, metric: str = "auc") -> go.Figure:

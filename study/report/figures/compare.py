@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
+
 from study import hypothesis as H
 from study.report.context import Ctx
 from study.report.figures.grid import (
@@ -69,8 +71,9 @@ def curves(labels: Sequence[str], contexts: Sequence[Ctx], metric: str = "auc") 
         for i in holders[key]:
             a = contexts[i].agg(metric, key)
             dims |= {int(d) for d in a["latent_dim"]}
-            _curve(fig, r + 1, c + 1, labels[i], i, a, i not in in_legend, label, key)
-            _best(fig, r + 1, c + 1, labels[i], i, contexts[i], key, label)
+            at, who = (r + 1, c + 1), (labels[i], i)
+            _curve(fig, at, who, a, i not in in_legend, label, key)
+            _best(fig, at, who, contexts[i], key, label)
             in_legend.add(i)
         fig.x(r + 1, c + 1).update(log2_axis(sorted(dims)))
         if c == 0:
@@ -88,7 +91,12 @@ def curves(labels: Sequence[str], contexts: Sequence[Ctx], metric: str = "auc") 
     )
 
 
-def _curve(fig: Grid, row: int, col: int, run: str, i: int, a, legend: bool, label: str, key: str):  # noqa: ANN001, PLR0913
+def _curve(
+    fig: Grid, at: tuple[int, int], run: tuple[str, int], a: pd.DataFrame, legend: bool,
+    label: str, key: str,
+) -> None:  # fmt: skip
+    """One run's mean ± sd curve (``run``: its label and index) in the panel ``at``."""
+    (row, col), (run, i) = at, run
     std = a["std"].fillna(0).to_numpy()
     fig.add(
         dict(
@@ -111,8 +119,11 @@ def _curve(fig: Grid, row: int, col: int, run: str, i: int, a, legend: bool, lab
     )
 
 
-def _best(fig: Grid, row: int, col: int, run: str, i: int, ctx: Ctx, key: str, label: str):  # noqa: ANN202, PLR0913
+def _best(
+    fig: Grid, at: tuple[int, int], run: tuple[str, int], ctx: Ctx, key: str, label: str
+) -> None:
     """The run's d* in this stratum, when its capacity test was carried out."""
+    (row, col), (run, i) = at, run
     v = next((v for v in ctx.verdicts if v.stratum == key), None)
     if v is None or v.best_latent_dim is None or v.verdict == H.NOT_TESTED:
         return
