@@ -248,6 +248,12 @@ def test_importance_needs_the_stated_minimum_of_completed_trials(tmp_path):
         f"fANOVA over {MIN - 1} completed trial(s): not available (the minimum is {MIN} "
         "completed trials)"
     )
+    text, _ = render_report(load_run(few), validate=True, **FAST)
+    fig = figure_titled(text, "Optuna search per stratum")
+    [said] = [a for a in fig["layout"]["annotations"] if a["text"].startswith("not available")]
+    assert said["xref"] == "paper"  # in the importance panel, which has no trace
+    domain = fig["layout"]["xaxis2"]["domain"]
+    assert domain[0] < said["x"] < domain[1]
     [imp] = load_run(importance_run(tmp_path, "model.latent_dim", n_done=MIN)).importance()
     assert imp.available and imp.n_completed == MIN
 

@@ -206,14 +206,15 @@ def _importance_panel(fig: Grid, i: int, imp: searched.Importance, notes: list[s
     panel and in the notes)."""
     if not imp.available:
         notes.append(f"{imp.study}: parameter importance: {imp.text()}")
-        xref, yref = fig.ref(i, 2)
+        # in paper coordinates: plotly.js places nothing on an axis without traces
+        xd, yd = fig.x(i, 2)["domain"], fig.y(i, 2)["domain"]
         fig.annotations.append(
             dict(
                 text=f"not available:<br>{imp.reason}",
-                xref=f"{xref} domain",
-                yref=f"{yref} domain",
-                x=0.5,
-                y=0.5,
+                xref="paper",
+                yref="paper",
+                x=(xd[0] + xd[1]) / 2,
+                y=(yd[0] + yd[1]) / 2,
                 showarrow=False,
                 font=dict(color="#667085", size=12),
             )
