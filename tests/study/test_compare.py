@@ -189,3 +189,17 @@ def test_space_changes_show_in_the_differences(tmp_path, runs):
     (copy / "space.yaml").write_text(yaml.safe_dump(space))
     diff = compare([runs[0], copy], **FAST).differences().set_index("key")
     assert diff.loc["training.lr"].tolist() == ["0.001", "0.0003"]
+
+
+def test_a_searched_run_is_drawn_as_points(tmp_path, runs):
+    searched = make_synthetic_run(
+        tmp_path / "optuna", datasets=("phantom-k6",), latent_dims=(3, 5, 27, 119), seeds=(0,),
+        examples=False, optuna_db=True,
+    )  # fmt: skip
+    c = compare([runs[0], searched], **FAST)
+    fig = c.figure()
+    modes = {t.name: t.mode for t in fig.data if t.xaxis == "x" and t.showlegend}
+    assert modes == {"latent": "lines+markers", "optuna": "markers"}
+    assert list(fig.layout.xaxis.tickvals) == [1, 2, 4, 8, 16, 32, 64, 128]
+    html = c.html()
+    assert "optuna: searched by Optuna, drawn as points without lines" in html
