@@ -72,14 +72,20 @@ def curves(labels: Sequence[str], contexts: Sequence[Ctx], metric: str = "auc") 
             a = contexts[i].agg(metric, key)
             dims |= {int(d) for d in a["latent_dim"]}
             at, who = (r + 1, c + 1), (labels[i], i)
-            _curve(fig, at, who, a, i not in in_legend, label, key)
+            _curve(fig, at, who, a, i not in in_legend, label, key, is_searched(contexts[i]))
             _best(fig, at, who, contexts[i], key, label)
             in_legend.add(i)
-        fig.x(r + 1, c + 1).update(log2_axis(sorted(dims)))
+        fig.x(r + 1, c + 1).update(log2_axis(_ticks(dims)))
         if c == 0:
             fig.y(r + 1, 1)["title"] = title(label)
     fig.hide_unused(len(shown))
     notes = [f"first {MAX_PANELS} of {len(keys)} strata shown"] if len(keys) > MAX_PANELS else []
+    searched = [lab for lab, c in zip(labels, contexts) if is_searched(c)]
+    if searched:
+        notes.append(
+            f"{', '.join(searched)}: searched by Optuna, drawn as points without lines: its "
+            "trials differ in more than latent_dim (see its report's search section)"
+        )
     return fig.plot(
         caption=CURVES_CAPTION,
         notes=notes,
@@ -91,9 +97,24 @@ def curves(labels: Sequence[str], contexts: Sequence[Ctx], metric: str = "auc") 
     )
 
 
+def is_searched(ctx: Ctx) -> bool:
+    """Whether the run's trials were chosen by Optuna (latent_dim varies with the rest)."""
+    search = (ctx.run.space or {}).get("search")
+    return isinstance(search, dict) and search.get("type") == "optuna"
+
+
+def _ticks(dims: set[int]) -> list[int]:
+    """The latent_dims as ticks, or the powers of two around them when some are not one
+    (a search's latent_dims: 5, 27, 119 would crowd the axis)."""
+    if all(d & (d - 1) == 0 for d in dims):
+        return sorted(dims)
+    lo, hi = min(dims).bit_length() - 1, (max(dims) - 1).bit_length()
+    return [2**k for k in range(lo, hi + 1)]
+
+
 def _curve(
     fig: Grid, at: tuple[int, int], run: tuple[str, int], a: pd.DataFrame, legend: bool,
-    label: str, key: str,
+    label: str, key: str, points: bool,
 ) -> None:  # fmt: skip
     """One run's mean ± sd curve (``run``: its label and index) in the panel ``at``."""
     (row, col), (run, i) = at, run
@@ -104,7 +125,7 @@ def _curve(
             x=a["latent_dim"].tolist(),
             y=arr(a["mean"]),
             error_y=dict(type="data", array=arr(std), visible=True, thickness=1.2, width=4),
-            mode="lines+markers",
+            mode="markers" if points else "lines+markers",
             name=run,
             legendgroup=run,
             showlegend=legend,
