@@ -9,7 +9,8 @@ it is used (Ray only in the runner), e.g.
 'smoke'
 
 ``study.load_run(run_dir)`` opens a finished (or running) run folder in a notebook: its
-tables as DataFrames, its verdicts and the report's figures (:mod:`study.report.notebook`).
+tables as DataFrames, its verdicts and the report's figures (:mod:`study.report.notebook`);
+``study.compare(run_dirs)`` puts two or more runs side by side (:mod:`study.report.compare`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "cli",
+    "compare",
     "hypothesis",
     "load_run",
     "report",
@@ -33,4 +35,8 @@ def __getattr__(name: str) -> Any:
         from study.report.notebook import load_run
 
         return load_run
+    if name == "compare":
+        from study.report.compare import compare
+
+        return compare
     raise AttributeError(f"module 'study' has no attribute {name!r}")

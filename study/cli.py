@@ -9,13 +9,14 @@
     python run_study.py --space smoke.yaml --log mlflow --log tensorboard   # and trackers
     python run_study.py predict --run runs/latent --trial best scans/ --out scored/
     python run_study.py export-images --run runs/latent --out phantom-test/  # test split
+    python run_study.py compare runs/latent runs/entropy --out compare.html  # side by side
 
 A user's mistake (a bad space, results already there, resources the cluster lacks,
 data that cannot be loaded) prints ``error: <message>`` on stderr and exits with 2,
 before Ray starts where it can. An interrupted run (Ctrl-C, SIGTERM) exits with 130
-after saving what finished. ``predict`` and ``export-images`` print a bad input (an
-unreadable image, a wrong channel count, an unknown trial) as one ``error:`` line and
-exit with 2. See docs/running.md.
+after saving what finished. ``predict``, ``export-images`` and ``compare`` print a bad input (an
+unreadable image, a wrong channel count, an unknown trial, a folder that is not a run)
+as one ``error:`` line and exit with 2. See docs/running.md.
 
 Example:
     >>> main(["--space", "smoke", "--dry-run"])  # doctest: +ELLIPSIS
@@ -31,7 +32,13 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["build_export_parser", "build_parser", "build_predict_parser", "main"]
+__all__ = [
+    "build_compare_parser",
+    "build_export_parser",
+    "build_parser",
+    "build_predict_parser",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -52,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Also: 'predict --run RUN_DIR --trial best IMAGES --out DIR' scores new images with "
             "a kept model; 'export-images --run RUN_DIR --out DIR' writes a run's test "
-            "images. Details: docs/running.md"
+            "images; 'compare RUN_DIR RUN_DIR... --out compare.html' puts runs side by side. "
+            "Details: docs/running.md"
         ),
     )
     _add_run_arguments(parser)
@@ -223,6 +231,43 @@ def build_export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_compare_parser() -> argparse.ArgumentParser:
+    """The parser of ``compare``: two or more runs side by side on one page."""
+    parser = argparse.ArgumentParser(
+        prog="run_study.py compare",
+        description=(
+            "Put two or more run folders side by side on one self-contained HTML page: AUC "
+            "against latent_dim per stratum (one curve per run), the verdicts, the "
+            "fixed-latent_dim tests and what differs between the runs."
+        ),
+        epilog="Details: docs/report.md, 'Comparing runs'",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (two or more)")
+    parser.add_argument(
+        "--out", default="compare.html", metavar="HTML", help="the page (default compare.html)"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.05, metavar="LEVEL", help="level of the verdicts"
+    )
+    return parser
+
+
+def _compare(argv: list[str]) -> int:
+    args = build_compare_parser().parse_args(argv)
+    if not 0 < args.alpha < 1:
+        return _error(f"--alpha: expected a number in (0, 1), got {args.alpha:g}")
+    from study.report.compare import CompareError, compare
+
+    try:
+        comparison = compare(args.runs, out=args.out, alpha=args.alpha)
+    except CompareError as exc:
+        return _error(str(exc))
+    for label, run in zip(comparison.labels, comparison.runs):
+        print(f"{label}: {run.run_dir}", flush=True)
+    print(f"comparison: {args.out}", flush=True)
+    return EXIT_OK
+
+
 def _predict(argv: list[str]) -> int:
     from study.predict import PredictError, predict
 
@@ -310,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(argv[1:])
     if argv and argv[0] == "export-images":
         return _export(argv[1:])
+    if argv and argv[0] == "compare":
+        return _compare(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from study.space import SpaceError, load_space

@@ -10,6 +10,8 @@ Example:
     >>> run.figures()                                             # doctest: +SKIP
     ['auc_vs_latent_dim', 'entropy_vs_auc', ...]
     >>> run.figure("auc_vs_latent_dim").show()                    # doctest: +SKIP
+    >>> [i.text() for i in study.load_run("runs/optuna").importance()]  # doctest: +SKIP
+    ['fANOVA over 9 completed trial(s): model.latent_dim 0.71, training.lr 0.18, ...', ...]
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from study import hypothesis as H
 from study.report import figures
 from study.report.context import Ctx, Options, build_context
 from study.report.load import RunData, read_run
+from study.report.searched import (
+    Importance,
+    StratumSearch,
+    check_evaluator,
+    load_studies,
+    search_summary,
+)
 
 
 @dataclass
@@ -38,6 +47,7 @@ class Run(RunData):
     """
 
     _contexts: dict[Options, Ctx] = field(default_factory=dict, repr=False)
+    _found: dict[tuple, list[StratumSearch]] = field(default_factory=dict, repr=False)
 
     def context(self, **options: Any) -> Ctx:
         """What the report's sections and figures are drawn from (verdicts included)."""
@@ -54,6 +64,27 @@ class Run(RunData):
     def fixed_latent_dim_tests(self, **options: Any) -> list[H.FixedDimTest]:
         """The report's tests of entropy at fixed latent_dim, one per data set."""
         return self.context(**options).fixed
+
+    def search(self, evaluator: str = "fanova") -> list[StratumSearch]:
+        """What the Optuna search found per stratum: trial counts, the best completed
+        trial (objective and test AUC) and the parameter importances; empty for a grid
+        search (:mod:`study.report.searched`)."""
+        if self.optuna_db is None:
+            return []
+        key = ("search", evaluator)
+        if key not in self._found:
+            studies, _ = load_studies(self)
+            self._found[key] = search_summary(self, studies, evaluator)
+        return self._found[key]
+
+    def importance(self, evaluator: str = "fanova") -> list[Importance]:
+        """Per stratum of a searched run, the importance of each searched parameter for
+        the objective over the completed trials (``evaluator``: fanova, ped-anova or
+        mean-decrease-impurity); ``not available`` (empty, with the reason) below
+        :data:`~study.report.searched.MIN_IMPORTANCE_TRIALS` completed trials. Raises
+        ``ValueError`` for an unknown evaluator; empty for a grid search."""
+        check_evaluator(evaluator)
+        return [s.importance for s in self.search(evaluator)]
 
     def figures(self, **options: Any) -> list[str]:
         """The names of the figures the report of this run draws, in page order (each is

@@ -13,6 +13,7 @@ from study.report.context import Ctx, Options, build_context, planned_strata
 from study.report.fragments import esc, note
 from study.report.load import RunData, read_run
 from study.report.page import Page
+from study.report.searched import search_lines
 from study.report.sections import SECTIONS
 from study.results import atomic_write_text
 
@@ -85,7 +86,9 @@ def verdict_lines(run_dir: Path | str) -> list[str]:
     """The headline verdict of every stratum as one line each, from ``verdicts.csv``
     (written with the report), e.g. ``verdict phantom/ae: supported (over-capacity drop:
     studentised max-t vs the largest latent_dim, p = 0.002; AUC d=8 minus d=128: +0.031
-    [+0.012, +0.050])``. Empty when the run has no verdicts table."""
+    [+0.012, +0.050])``, then for a searched run one line per stratum saying what the
+    search found (:func:`study.report.searched.search_lines`). Empty when the run has no
+    verdicts table."""
     path = Path(run_dir) / VERDICTS_FILE
     if not path.is_file():
         return []
@@ -100,7 +103,7 @@ def verdict_lines(run_dir: Path | str) -> list[str]:
         )
     for _, r in table[table["branch"] == "over-capacity"].iterrows():
         lines.append(_over_capacity_line(r))
-    return lines
+    return lines + search_lines(run_dir)
 
 
 def _over_capacity_line(r: pd.Series) -> str:

@@ -1,15 +1,16 @@
-"""The Optuna search of a run (optuna.db): the optimisation history and fANOVA
-importances per study, and the objective against latent_dim with a partial dependence."""
+"""The Optuna search of a run (optuna.db): the optimisation history and the parameter
+importances per study, and the objective against latent_dim with a partial dependence.
+The numbers come from :mod:`study.report.searched`."""
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from study.report import searched
 from study.report.context import Ctx
 from study.report.figures.grid import (
     Grid,
@@ -21,18 +22,10 @@ from study.report.figures.grid import (
     title,
     vspace,
 )
-from study.report.figures.style import (
-    LEGEND_BELOW,
-    MARGIN_LEGEND_BELOW,
-    MAX_PANELS,
-    METRIC_LABELS,
-)
-from study.report.fragments import NOT_AVAILABLE
-from study.report.load import RunData
+from study.report.figures.style import LEGEND_BELOW, MARGIN_LEGEND_BELOW
+from study.report.searched import LATENT_PARAM, objective, trial_points
 from study.report.values import fmt
 
-LATENT_PARAM = "model.latent_dim"  # the Optuna parameter name of latent_dim
-MIN_IMPORTANCE_TRIALS = 3  # completed trials below which fANOVA importances mean nothing
 MIN_PD_TRIALS = 5  # completed trials a partial-dependence estimate needs (and 3 latent_dims)
 HISTORY_TITLE = "Optuna optimisation history and parameter importances"
 POINT_STYLE = {
@@ -50,7 +43,9 @@ HISTORY_CAPTION = (
     "From optuna.db: every trial of each study. Completed trials at their final value; "
     "early-stopped (pruned) ones at the value of the evaluation they were stopped on, "
     "which is earlier in training and not comparable with a final value; the best "
-    "completed value so far; fANOVA importance of each searched parameter."
+    "completed value so far; the importance of each searched parameter for the objective "
+    "over the completed trials (the evaluator and the number of trials in the panel's "
+    f"title; {searched.MIN_IMPORTANCE_TRIALS} completed trials at least)."
 )
 DEPENDENCE_CAPTION = (
     "Every trial of each Optuna study against its latent_dim, as in Optuna's slice "
@@ -63,82 +58,30 @@ DEPENDENCE_CAPTION = (
 )
 
 
-def objective(run: RunData) -> tuple[str, str]:
-    """The search objective (metric name, label) of a run: scheduler.metric of its space."""
-    sched = (run.space or {}).get("scheduler")
-    metric = sched.get("metric") if isinstance(sched, dict) else None
-    metric = metric if isinstance(metric, str) and metric else "auc"
-    return metric, METRIC_LABELS.get(metric, metric)
-
-
 def load_studies(ctx: Ctx) -> tuple[list[tuple[str, Any]], list[str]]:
     """(name, optuna.Study) of every study in optuna.db (the first MAX_PANELS by name),
     and notes on what could not be read. Cached in ``ctx``."""
     if "optuna_studies" not in ctx.cache:
-        ctx.cache["optuna_studies"] = _load_studies(ctx.run)
+        ctx.cache["optuna_studies"] = searched.load_studies(ctx.run)
     return ctx.cache["optuna_studies"]
 
 
-def _load_studies(run: RunData) -> tuple[list[tuple[str, Any]], list[str]]:
-    notes: list[str] = []
-    studies: list[tuple[str, Any]] = []
-    try:
-        import optuna
-    except ImportError:
-        return [], ["optuna is not installed"]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{run.optuna_db.resolve()}"
-    try:
-        names = sorted(optuna.get_all_study_names(storage=url))
-    except Exception as exc:  # noqa: BLE001 - a broken database is reported, not raised
-        names = []
-        notes.append(f"optuna.db could not be read ({type(exc).__name__}: {exc})")
-    if len(names) > MAX_PANELS:
-        notes.append(f"first {MAX_PANELS} of {len(names)} Optuna studies shown")
-    for name in names[:MAX_PANELS]:
-        try:
-            studies.append((name, optuna.load_study(study_name=name, storage=url)))
-        except Exception as exc:  # noqa: BLE001
-            notes.append(f"study {name!r} could not be loaded ({exc})")
-    return studies, notes
-
-
-def trial_points(study: Any) -> list[dict[str, Any]]:
-    """Every trial of an Optuna study as a plot point: ``kind`` completed | stopped
-    (PRUNED: its value is its last intermediate value, at ``epoch``) | failed (no value:
-    FAIL, or PRUNED without intermediate values) | running."""
-    import optuna
-
-    state = optuna.trial.TrialState
-    points = []
-    for t in study.get_trials(deepcopy=False):
-        value, epoch = t.value, None
-        if t.state == state.PRUNED and t.intermediate_values:
-            epoch, value = max(t.intermediate_values.items())
-        if t.state == state.COMPLETE and value is not None:
-            kind = "completed"
-        elif t.state == state.PRUNED and value is not None:
-            kind = "stopped"
-        elif t.state in (state.RUNNING, state.WAITING):
-            kind = "running"
-        else:
-            kind, value = "failed", None
-        if value is not None and not math.isfinite(float(value)):
-            kind, value = "failed", None
-        points.append(
-            dict(number=t.number, kind=kind, value=value, epoch=epoch, params=dict(t.params))
-        )
-    return points
+def search_summary(ctx: Ctx) -> list[searched.StratumSearch]:
+    """What the search found per stratum (best completed trial, importances). Cached."""
+    if "optuna_found" not in ctx.cache:
+        studies, _ = load_studies(ctx)
+        ctx.cache["optuna_found"] = searched.search_summary(ctx.run, studies)
+    return ctx.cache["optuna_found"]
 
 
 def history(ctx: Ctx) -> Plot:
     """Per Optuna study: every trial's value against its number with the best completed
-    value so far, and the fANOVA importance of each searched parameter. The plot's notes
-    count the trials of each study (or say why a study is missing)."""
+    value so far, and the importance of each searched parameter. The plot's notes count
+    the trials of each study (or say why a study is missing)."""
     if ctx.run.optuna_db is None:
         raise NotAvailable(HISTORY_TITLE, "no optuna.db: a grid search")
     try:
-        import optuna.importance  # noqa: F401 - fANOVA needs it
+        import optuna.importance  # noqa: F401 - the importances need it
     except ImportError as exc:
         why = "optuna is not installed"
         raise NotAvailable(HISTORY_TITLE, why, notes=[why]) from exc
@@ -148,17 +91,22 @@ def history(ctx: Ctx) -> Plot:
         notes = notes or ["optuna.db holds no study"]
         raise NotAvailable(HISTORY_TITLE, "; ".join(notes), notes=notes)
     _, label = objective(ctx.run)
-    names = [n for n, _ in studies]
+    found = search_summary(ctx)
     titles = [
-        t for n in names for t in (f"{n}: optimisation history", f"{n}: parameter importance")
+        t
+        for (n, _), f in zip(studies, found)
+        for t in (
+            f"{n}: optimisation history",
+            f"importance ({f.importance.evaluator}, {f.importance.n_completed} completed)",
+        )
     ]
-    height = 300 * len(names) + 130
+    height = 300 * len(studies) + 130
     fig = Grid(
-        len(names), 2, titles=titles, widths=[0.62, 0.38], hspace=0.16,
-        vspace=vspace(height, len(names)),
+        len(studies), 2, titles=titles, widths=[0.62, 0.38], hspace=0.16,
+        vspace=vspace(height, len(studies)),
     )  # fmt: skip
     shown_legend: set[str] = set()
-    for i, (name, study) in enumerate(studies, start=1):
+    for i, ((name, study), f) in enumerate(zip(studies, found), start=1):
         points = trial_points(study)
         if not points:
             notes.append(f"study {name!r} has no trial")
@@ -167,7 +115,7 @@ def history(ctx: Ctx) -> Plot:
         notes.append(_count_note(name, points))
         fig.x(i, 1)["title"] = title("trial number")
         fig.y(i, 1)["title"] = title(f"objective ({label})")
-        _importance_panel(fig, i, name, study, points, notes)
+        _importance_panel(fig, i, f.importance, notes)
     return fig.plot(
         caption=HISTORY_CAPTION,
         notes=notes,
@@ -253,34 +201,32 @@ def _history_panel(
     shown_legend.add("best")
 
 
-def _importance_panel(
-    fig: Grid, i: int, name: str, study: Any, points: list[dict], notes: list[str]
-) -> None:
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-    n_done = sum(p["kind"] == "completed" for p in points)
-    if n_done < MIN_IMPORTANCE_TRIALS:
-        notes.append(
-            f"{name}: parameter importances {NOT_AVAILABLE} ({n_done} "
-            f"completed trial(s); fANOVA needs {MIN_IMPORTANCE_TRIALS})"
-        )
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imp = get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0, n_trees=32)
+def _importance_panel(fig: Grid, i: int, imp: searched.Importance, notes: list[str]) -> None:
+    """The importances as horizontal bars, or the reason they are not available (in the
+    panel and in the notes)."""
+    if not imp.available:
+        notes.append(f"{imp.study}: parameter importance: {imp.text()}")
+        # in paper coordinates: plotly.js places nothing on an axis without traces
+        xd, yd = fig.x(i, 2)["domain"], fig.y(i, 2)["domain"]
+        fig.annotations.append(
+            dict(
+                text=f"not available:<br>{imp.reason}",
+                xref="paper",
+                yref="paper",
+                x=(xd[0] + xd[1]) / 2,
+                y=(yd[0] + yd[1]) / 2,
+                showarrow=False,
+                font=dict(color="#667085", size=12),
             )
-    except Exception as exc:  # noqa: BLE001 - e.g. one parameter
-        notes.append(f"{name}: parameter importances {NOT_AVAILABLE} ({exc})")
+        )
+        fig.x(i, 2)["visible"] = False
+        fig.y(i, 2)["visible"] = False
         return
-    if not imp:
-        return
-    keys = list(imp)[::-1]
+    keys = list(imp.importances)[::-1]
     fig.add(
         dict(
             type="bar",
-            x=arr([imp[k] for k in keys], 4),
+            x=arr([imp.importances[k] for k in keys], 4),
             y=keys,
             orientation="h",
             marker=dict(color="#009E73"),
@@ -290,7 +236,7 @@ def _importance_panel(
         i,
         2,
     )
-    fig.x(i, 2)["title"] = title("importance (fANOVA)")
+    fig.x(i, 2)["title"] = title(f"importance ({imp.evaluator})")
     fig.y(i, 2)["automargin"] = True
 
 
@@ -340,7 +286,7 @@ def latent_dependence(ctx: Ctx) -> Plot:
             if p["kind"] in ("completed", "stopped") and LATENT_PARAM in p["params"]
         ]
         if points:
-            panels.append((str(study.user_attrs.get("stratum") or name), points))
+            panels.append((searched.stratum_of(name, study), points))
     if not panels:
         raise NotAvailable("A slice over latent_dim", "latent_dim is not searched by Optuna")
     _, label = objective(ctx.run)

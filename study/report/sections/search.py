@@ -1,5 +1,7 @@
-"""Section 6: search diagnostics: the Optuna search, trials by status, the trials stopped
-early, diverged or errored, and learning curves."""
+"""Section 6: search diagnostics: what the Optuna search found per stratum (the best
+completed configuration, the parameter importances), its history, the objective against
+latent_dim, trials by status, the trials stopped early, diverged or errored, and
+learning curves."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import pandas as pd
 
 from study.report import figures
 from study.report.context import Ctx
+from study.report.figures.search import search_summary
 from study.report.fragments import esc, na, note, table_html
 from study.report.page import Page
+from study.report.searched import MIN_IMPORTANCE_TRIALS, objective
+from study.report.values import fmt
 
 ANCHOR, TITLE = "search", "6. Search diagnostics"
 MAX_STOPPED_ROWS = 50
@@ -44,12 +49,14 @@ def section(ctx: Ctx, page: Page) -> str:
 
 
 def _optuna(ctx: Ctx, page: Page) -> list[str]:
-    """The history figure with its notes, and the objective against latent_dim."""
+    """What the search found, the history figure with its notes, and the objective
+    against latent_dim."""
+    parts = [_found(ctx)]
     try:
         plot = figures.build(ctx, "optuna_history")
-        parts, notes = [page.figure(plot)], plot.notes
+        parts, notes = [*parts, page.figure(plot)], plot.notes
     except figures.NotAvailable as exc:
-        parts, notes = [""], exc.notes
+        notes = exc.notes
     parts += [note(esc(n)) for n in notes]
     heading = "<h3 id='latent-dependence'>Partial dependence of the objective on latent_dim</h3>"
     try:
@@ -58,6 +65,42 @@ def _optuna(ctx: Ctx, page: Page) -> list[str]:
         return [*parts, heading + na(exc.what, exc.why)]
     more = "".join(note(esc(n)) for n in plot.notes)
     return [*parts, heading + page.figure(plot) + more]
+
+
+def _found(ctx: Ctx) -> str:
+    """Per stratum: the best completed configuration with its objective and test AUC,
+    and the parameter importances."""
+    found = search_summary(ctx)
+    if not found:
+        return ""
+    metric, _ = objective(ctx.run)
+    rows = []
+    for f in found:
+        b, imp = f.best, f.importance
+        c = f.counts
+        row = {
+            "stratum": f.stratum,
+            "trials: completed / stopped / failed": (
+                f"{c['completed']} / {c['stopped']} / {c['failed']}"
+            ),
+            "best completed trial": "–" if b is None else f"{b.number} ({b.trial_id or '–'})",
+            f"{metric} (objective)": "–" if b is None else fmt(b.value),
+            "test AUC": "–" if b is None else fmt(b.test_auc),
+            "configuration": "–" if b is None else b.config_text(),
+            "parameter importance": imp.text(),
+        }
+        rows.append(row)
+    on = "validation" if metric.startswith("val_") else "test"
+    return (
+        "<h3 id='search-found'>What the search found</h3>"
+        + note(
+            f"The best completed trial of each stratum by the objective <code>{esc(metric)}"
+            f"</code> (measured on the {on} set), with the test AUC of the same trial; the "
+            "importance of each searched parameter for the objective over the completed "
+            f"trials ({MIN_IMPORTANCE_TRIALS} at least)."
+        )
+        + table_html(pd.DataFrame(rows))
+    )
 
 
 def _status_tables(ctx: Ctx) -> list[str]:
