@@ -23,6 +23,7 @@ def section(ctx: Ctx, page: Page) -> str:
         return na("Hypothesis tests", why)
     return template("verdicts.html").render(
         alpha=f"{ctx.verdicts[0].alpha:g}",
+        level=ctx.verdicts[0].level_text,
         cards=[_card(ctx, v) for v in ctx.verdicts],
         robustness=_robustness(ctx),
     )
@@ -46,18 +47,26 @@ def effect_text(t: H.CapacityTest) -> str:
 
 
 def _card(ctx: Ctx, v: H.StratumVerdict) -> dict:
-    """The values of one stratum's line and card, as text."""
+    """The values of one stratum's line and card, as text (a ``not tested`` stratum
+    shows no d* and no agreement with it)."""
+    tested = v.verdict != H.NOT_TESTED
     return dict(
         dataset=v.dataset,
         model=v.model,
         colour=ctx.colours.get(v.dataset, "#444"),
         verdict=v.verdict,
-        best=v.best_latent_dim,
+        headline_p="–" if not tested else f"p {H.format_p_clause(v.p_value)}",
+        best=v.best_latent_dim if tested else None,
         best_set=list(v.best_set or []),
         level=v.uncertainty.level,
+        interval=v.level_text,
         glance_predictions=[
             f"{'intrinsic dim.' if 'intrinsic' in p.method else 'elbow'} "
-            + (f"{p.predicted} ({H.format_ratio(p.ratio)})" if p.predicted else "–")
+            + (
+                f"{p.predicted} ({H.format_ratio(p.ratio)})"
+                if p.predicted and tested
+                else (str(p.predicted) if p.predicted else "–")
+            )
             for p in v.predictions
         ],
         headline=v.headline(),
@@ -76,7 +85,7 @@ def _card(ctx: Ctx, v: H.StratumVerdict) -> dict:
             dict(
                 method=p.method,
                 predicted=p.predicted or "–",
-                observed=v.best_latent_dim or "–",
+                observed=(v.best_latent_dim if tested else None) or "–",
                 inside={True: "yes", False: "no", None: "–"}[p.inside],
                 lost=f"{p.auc_lost:.3f}" if math.isfinite(p.auc_lost) else "–",
                 reason=p.reason,
@@ -125,7 +134,7 @@ def _robustness(ctx: Ctx) -> dict | None:
     rows = []
     for v in ctx.verdicts[:MAX_PANELS]:
         g = ctx.done[ctx.done["_stratum"] == v.stratum]
-        if v.best_latent_dim is None or g.empty:
+        if v.best_latent_dim is None or v.verdict == H.NOT_TESTED or g.empty:
             continue
         over = g[g["latent_dim"] >= v.best_latent_dim]
         dims = over["latent_dim"].to_numpy(dtype=int)
@@ -133,7 +142,9 @@ def _robustness(ctx: Ctx) -> dict | None:
         cells = []
         for c in cols:
             h = pd.to_numeric(over[c], errors="coerce").to_numpy(dtype=float)
-            r = H.correlation(dims, h, y, branch="over-capacity", n_boot=300, seed=0)
+            r = H.correlation(
+                dims, h, y, branch="over-capacity", n_boot=300, seed=0, level=1 - v.alpha
+            )
             rho = "–" if not math.isfinite(r.rho) else f"{r.rho:+.2f}"
             ci = "" if not math.isfinite(r.ci_low) else f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
             cells.append((rho, ci))
