@@ -318,7 +318,12 @@ class MaxTBatch:
 
 
 def max_t_batch(
-    d: Design, refs: Sequence[int], *, level: float = 0.95, n_sim: int = 4000, seed: int = 0
+    d: Design,
+    refs: Sequence[int],
+    *,
+    level: float = 0.95,
+    n_sim: int = 4000,
+    seed: int | Sequence[int] = 0,
 ) -> list[MaxTBatch]:
     """Studentised max-t tests of the best group against each of ``refs``, for B studies.
 
@@ -328,11 +333,13 @@ def max_t_batch(
     the same variance model with equal means (a parametric bootstrap): every draw
     re-estimates the variances, moderation included, and re-chooses the best group. The
     draws depend on ``seed`` only, not on B or on the other studies, so a study gets the
-    same numbers alone or in a batch."""
+    same numbers alone or in a batch. ``seed``: one for all studies, or one per study
+    (independent null draws per study: Monte Carlo errors then average out over a batch)."""
     b, k = d.means.shape
+    seeds = np.broadcast_to(np.asarray(seed, dtype=np.int64), (b,))
     per_study = n_sim * max(k * (k - 1) // 2, k)
     step = max(1, 3_000_000 // per_study)
-    parts = [_max_t_chunk(d.rows(slice(i, i + step)), refs, level, n_sim, seed)
+    parts = [_max_t_chunk(d.rows(slice(i, i + step)), refs, level, n_sim, seeds[i : i + step])
              for i in range(0, b, step)]  # fmt: skip
     return [
         MaxTBatch(
@@ -348,44 +355,48 @@ _BATCH_FIELDS = ("best", "statistic", "p_value", "effect", "ci_low", "ci_high",
 
 
 def _inverse_chi2_scale(nu: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Draws of nu / chi2_nu (Wilson-Hilferty, from shared standard normals ``z`` so
-    the draws do not depend on the batch); 1 where nu is infinite. nu (B,), z (S, K)."""
+    """Draws of nu / chi2_nu (Wilson-Hilferty, from standard normals ``z`` (B, S, K));
+    1 where nu is infinite. nu (B,)."""
     nu = np.where(np.isfinite(nu), nu, 1e12)[:, None, None]
     a = 2.0 / (9.0 * nu)
-    cube = np.clip(1.0 - a + z[None] * np.sqrt(a), 0.05, None) ** 3
+    cube = np.clip(1.0 - a + z * np.sqrt(a), 0.05, None) ** 3
     return 1.0 / cube
 
 
-def _null_draws(d: Design, total: np.ndarray, d0: np.ndarray, n_sim: int, seed: int):
+def _null_draws(d: Design, total: np.ndarray, d0: np.ndarray, n_sim: int, seeds: np.ndarray):
     """Null group means (B, S, K) and re-estimated training variances (B, S or 1, K).
 
     The variances of the simulated world are drawn in every draw from their moderated
     posterior (scaled inverse chi-square with d0 + df degrees of freedom around the
     moderated value ``total``), so the null carries the uncertainty of the variances
-    themselves: with few seeds a latent_dim may be noisier than its estimate says."""
-    rng = np.random.default_rng(seed)
+    themselves: with few seeds a latent_dim may be noisier than its estimate says.
+    Study i's draws come from ``seeds[i]`` alone."""
     b, k = d.means.shape
     n = d.counts
-    z, w, u = (rng.standard_normal((n_sim, k)) for _ in range(3))
     df = np.maximum(n - 1, 1)
-    chi = np.where(n > 1, rng.chisquare(df, (n_sim, k)) / df, np.nan)
+    z, w, u, chi = (np.empty((b, n_sim, k)) for _ in range(4))
+    for i, sd in enumerate(seeds):
+        rng = np.random.default_rng(int(sd))
+        z[i], w[i], u[i] = rng.standard_normal((3, n_sim, k))
+        chi[i] = rng.chisquare(df, (n_sim, k)) / df
+    chi[..., n < 2] = np.nan
     if d.s2 is None:
         world = np.zeros((b, 1, k))
     else:
         world = total[:, None, :] * _inverse_chi2_scale(d0 + float(np.max(n - 1)), u)
     iota = 0.0 if d.interaction is None else d.interaction[:, None, :]
     train = np.maximum(world - iota, 0.0)
-    m = z[None] * np.sqrt(train / n)
+    m = z * np.sqrt(train / n)
     if d.cov is not None:
         val, vec = np.linalg.eigh(d.cov)
         root = vec * np.sqrt(np.clip(val, 0, None))[:, None, :]
-        m = m + np.einsum("sk,bjk->bsj", w, root)
+        m = m + np.einsum("bsk,bjk->bsj", w, root)
     if d.s2 is None:
         return m, world
-    return m, d.training_variance(np.maximum(world, iota) * chi[None])
+    return m, d.training_variance(np.maximum(world, iota) * chi)
 
 
-def _max_t_chunk(d: Design, refs: Sequence[int], level: float, n_sim: int, seed: int):
+def _max_t_chunk(d: Design, refs: Sequence[int], level: float, n_sim: int, seeds: np.ndarray):
     b, k = d.means.shape
     n, means = d.counts, d.means
     if d.s2 is None:
@@ -395,7 +406,7 @@ def _max_t_chunk(d: Design, refs: Sequence[int], level: float, n_sim: int, seed:
         train = total if d.interaction is None else np.maximum(total - d.interaction, 0.0)
     cov = np.zeros((b, k, k)) if d.cov is None else d.cov
     dv = np.diagonal(cov, axis1=1, axis2=2)
-    m_null, train_null = _null_draws(d, total, d0, n_sim, seed)
+    m_null, train_null = _null_draws(d, total, d0, n_sim, seeds)
     best = np.argmax(means, axis=1)
     rows = np.arange(b)
     # the studentised range, for the set of groups within reach of the best

@@ -5,6 +5,7 @@ the descriptive correlations and the label-free predictions (see the package doc
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -310,10 +311,17 @@ def _run_tests(strata: list[_Stratum], alpha: float, n_sim: int, seed: int) -> N
 
         d = Design(stack("means"), stack("s2"), ds[0].counts, stack("cov"), stack("interaction"))
         k = d.means.shape[1]
-        over, under = max_t_batch(d, [k - 1, 0], level=1 - alpha, n_sim=n_sim, seed=seed)
+        seeds = [stratum_seed(seed, s.key) for s in group]
+        over, under = max_t_batch(d, [k - 1, 0], level=1 - alpha, n_sim=n_sim, seed=seeds)
         for i, s in enumerate(group):
             s.over = MaxTResult.of(over, i, s.gm.groups)
             s.under = MaxTResult.of(under, i, s.gm.groups)
+
+
+def stratum_seed(seed: int, key: str) -> int:
+    """The seed of one stratum's null draws: from the study's ``seed`` and the stratum's
+    name, so a stratum's numbers do not depend on the other strata of the table."""
+    return zlib.crc32(f"{seed}:{key}".encode())
 
 
 def _decide(s: _Stratum, branch: str, p_adj: float, p_rise_adj: float, alpha: float):

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from study.hypothesis.capacity import _column
+from study.hypothesis.capacity import _column, stratum_seed
 from study.hypothesis.records import (
     CONFIG_COLUMNS,
     CONTRADICTED,
@@ -236,7 +236,10 @@ def _run_claims(cells: list[dict], alpha: float, n_sim: int, seed: int) -> None:
             group[0]["design"].counts,
         )
         k = d.means.shape[1]
-        weak, strong = max_t_batch(d, [0, k - 1], level=1 - alpha, n_sim=n_sim, seed=seed)
+        seeds = [
+            stratum_seed(seed, f"{c['dataset']}/{c['model']}/{c['latent_dim']}") for c in group
+        ]
+        weak, strong = max_t_batch(d, [0, k - 1], level=1 - alpha, n_sim=n_sim, seed=seeds)
         for i, c in enumerate(group):
             c.update(p=float(weak.p_value[i]), p_weakest=float(weak.p_reference_best[i]),
                      p_collapse=float(strong.p_value[i]), best=int(weak.best[i]),

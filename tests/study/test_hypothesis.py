@@ -398,3 +398,12 @@ def test_test_image_interaction_is_taken_out_of_the_seed_variance():
         draws.append((np.var(v10.mean(axis=1), ddof=1), lv.interaction[0]))
     s2, inter = np.array(draws).T
     assert np.mean(inter) == pytest.approx(np.mean(s2), rel=0.2)
+
+
+def test_a_strata_numbers_do_not_depend_on_the_other_strata():
+    a = _table(_inverted_u)
+    b = _table(lambda d: 0.7, noise=0.01, rng_seed=3).assign(dataset="other", stratum="other/ae")
+    (alone,) = H.verdicts(a, adjust=None, **FAST)
+    first, _ = H.verdicts(pd.concat([a, b], ignore_index=True), adjust=None, **FAST)
+    assert (alone.over.p_value, alone.under.p_value) == (first.over.p_value, first.under.p_value)
+    assert alone.over.effect_ci == first.over.effect_ci and alone.best_set == first.best_set

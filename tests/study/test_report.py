@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from study import hypothesis as H
 from study.report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
@@ -53,19 +54,24 @@ def test_report_has_verdicts_and_one_plotly_copy(run_dir, report_text):
     # the verdict in words and numbers: the test, alpha, p (Holm), the effect, the data used
     for ds in ("phantom-k6", "RSNA"):
         assert f'{ds} <span class="muted">/ ae</span>' in text
-        assert f"{ds}/ae: supported: over-capacity drop: studentised max-t" in text
+        assert f"{ds}/ae: supported: inverted U: over- and under-capacity drops" in text
+        assert "over-capacity drop: studentised max-t vs the largest latent_dim" in text
     assert text.count('<span class="badge supported">supported</span></h3>') == 2
     assert "(Holm " in text and "α = 0.05" in text
     assert "best latent_dim d* = " in text and "not distinguishable from d* (95 %)" in text
+    assert "AUC effect [95 % CI]" in text  # the level used (alpha 0.05)
     assert "uncertainty from seeds and test images: DeLong covariance over" in text
     assert "image intrinsic dimension (TwoNN, training images)" in text
     assert "elbow of the validation reconstruction error" in text
     # the branch correlations are descriptions without a badge
     assert "Descriptions (no verdict" in text
     # the fixed-latent_dim section and the verdicts table beside the report
+    # (no entropy knob varies in this run: the section says so)
     assert "<h2>Entropy at fixed latent dimension</h2>" in text
+    assert "no model whose entropy knob varies at a fixed latent_dim" in text
     table = pd.read_csv(run_dir / "verdicts.csv")
-    assert set(table["verdict"]) <= {"supported", "not shown", "contradicted", "not tested"}
+    assert set(table["verdict"]) <= set(H.HEADLINES)
+    assert (table.loc[table["branch"] == "inverted U", "verdict"] == "supported").all()
     assert (table.loc[table["branch"] == "over-capacity", "verdict"] == "supported").all()
     # no partial banner for a finished study whose trials all finished
     assert "Partial results" not in text
@@ -312,7 +318,7 @@ def test_notebook_api_gives_the_reports_tables_verdicts_and_figures(run_dir, rep
     verdicts = run.verdicts(**FAST)
     assert [v.stratum for v in verdicts] == ["phantom-k6/ae", "RSNA/ae"]
     assert all(str(escape(v.headline())) in report_text for v in verdicts)
-    assert [t.dataset for t in run.fixed_latent_dim_tests(**FAST)] == ["phantom-k6", "RSNA"]
+    assert run.fixed_latent_dim_tests(**FAST) == []  # only the plain AE: no knob
 
     names = run.figures(**FAST)
     assert names[:4] == [
