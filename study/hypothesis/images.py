@@ -33,34 +33,39 @@ class ImageLevel:
 
 
 class ScoreIndex:
-    """``scores.parquet`` rows grouped by trial once (a study's table can hold millions
-    of rows; every stratum then reads only its own)."""
+    """``scores.parquet`` rows sorted by trial and image once (a study's table can hold
+    millions of rows; every stratum then reads only its own slices)."""
 
     def __init__(self, scores: pd.DataFrame) -> None:
-        self.scores = scores
-        self.rows = scores.groupby(scores["trial_id"].astype(str), sort=False).indices
+        codes, names = pd.factorize(scores["trial_id"].astype(str))
+        index = scores["index"].to_numpy()
+        order = np.lexsort((index, codes))
+        self.index = index[order]
+        self.label = scores["label"].to_numpy()[order]
+        self.score = pd.to_numeric(scores["score"], errors="coerce").to_numpy(float)[order]
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        self.rows = {str(t): (bounds[i], bounds[i + 1]) for i, t in enumerate(names)}
 
     def level(self, trial_ids_by_dim: Sequence[np.ndarray]) -> tuple[ImageLevel | None, str]:
         """The stratum's :class:`ImageLevel`, or None with the reason."""
         ids = [str(t) for group in trial_ids_by_dim for t in group]
         if any(t not in self.rows for t in ids):
             return None, "no per-image scores for some of these trials"
-        parts = [self.scores.iloc[self.rows[t]] for t in ids]
-        first = parts[0].sort_values("index", kind="stable")
-        if first["index"].duplicated().any():
-            by_image = first.groupby("index")["label"].nunique()
-            if (by_image > 1).any():
+        a, b = self.rows[ids[0]]
+        index, labels = self.index[a:b], self.label[a:b]
+        if len(np.unique(index)) < len(index):
+            same = pd.DataFrame(dict(i=index, y=labels)).groupby("i")["y"].nunique()
+            if (same > 1).any():
                 return None, "the trials' test labels differ"
             return None, "a trial scores the same test image twice"
-        index, labels = first["index"].to_numpy(), first["label"].to_numpy()
         mat = np.empty((len(ids), len(index)))
-        for i, p in enumerate(parts):
-            p = p.sort_values("index", kind="stable")
-            if len(p) != len(index) or not np.array_equal(p["index"].to_numpy(), index):
+        for row, t in enumerate(ids):
+            a, b = self.rows[t]
+            if b - a != len(index) or not np.array_equal(self.index[a:b], index):
                 return None, "the trials do not share one test set"
-            if not np.array_equal(p["label"].to_numpy(), labels):
+            if not np.array_equal(self.label[a:b], labels):
                 return None, "the trials' test labels differ"
-            mat[i] = p["score"].to_numpy(dtype=float)
+            mat[row] = self.score[a:b]
         lab = labels > 0
         if lab.all() or not lab.any():
             return None, "the test set has one class only"
