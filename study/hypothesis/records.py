@@ -256,7 +256,7 @@ class StratumVerdict:
         the capacity test is not tested: a d* from trials that cannot test it is not a
         finding)."""
         if self.best_latent_dim is None or self.over.verdict == NOT_TESTED:
-            return f"no best latent_dim: {self.best_reason or self.over.reason}"
+            return "no best latent_dim shown: the capacity test is not tested (the reason above)"
         text = f"best latent_dim d* = {self.best_latent_dim} (mean {self.metric.upper()} "
         text += f"{self.best_mean:.3f}"
         if math.isfinite(self.best_std):
