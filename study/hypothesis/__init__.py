@@ -87,6 +87,7 @@ from study.hypothesis.records import (
     format_p_clause,
     format_ratio,
 )
+from study.hypothesis.summary import verdicts_from_summary
 
 __all__ = [
     "CONFIG_COLUMNS",
@@ -115,5 +116,6 @@ __all__ = [
     "format_ratio",
     "predict_from_intrinsic_dim",
     "verdicts",
+    "verdicts_from_summary",
     "verdicts_table",
 ]

@@ -436,6 +436,20 @@ def verdicts(
         s, ids = _prepare(str(key), df, pos, cols, varying.get(str(key), []))
         _set_design(s, ids, index, metric)
         strata.append(s)
+    return _conclude(strata, metric, entropy_col, alpha, n_sim, n_boot, seed, adjust)
+
+
+def _conclude(
+    strata: list[_Stratum],
+    metric: str,
+    entropy_col: str,
+    alpha: float,
+    n_sim: int,
+    n_boot: int,
+    seed: int,
+    adjust: str | None,
+) -> list[StratumVerdict]:
+    """Run the strata's tests, adjust across strata and assemble the verdicts."""
     _run_tests(strata, alpha, n_sim, seed)
 
     def adjusted(values: list[float]) -> list[float]:
