@@ -60,6 +60,12 @@ def test_report_has_verdicts_and_one_plotly_copy(run_dir, report_text):
     assert "(Holm " in text and "α = 0.05" in text
     assert "best latent_dim d* = " in text and "not distinguishable from d* (95 %)" in text
     assert "AUC effect [95 % CI]" in text  # the level used (alpha 0.05)
+    # the paper's Table 1 tested the same way, beside the study's RSNA verdict
+    assert "The paper's own Table 1, tested the same way" in text
+    paper = text[text.index("tested the same way") :]
+    row = paper[paper.index("<tr><td>RSNA</td>") :][:400]
+    assert "<span class=\"badge supported\">supported</span> <span class='small'>p " in row
+    assert "<td>4 {4, 8}</td>" in row  # the paper's d* and the latent_dims within reach
     assert "uncertainty from seeds and test images: DeLong covariance over" in text
     assert "image intrinsic dimension (TwoNN, training images)" in text
     assert "elbow of the validation reconstruction error" in text

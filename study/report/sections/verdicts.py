@@ -11,10 +11,12 @@ from study import hypothesis as H
 from study.report.context import Ctx
 from study.report.figures.style import ENTROPY_LABELS, MAX_PANELS
 from study.report.fragments import na
+from study.report.load import norm_label
 from study.report.page import Page, template
 from study.report.values import has_values
 
 ANCHOR, TITLE = "verdicts", "Verdicts"
+PAPER_RUNS = 3  # the paper's Table 1: mean and std over 3 runs
 
 
 def section(ctx: Ctx, page: Page) -> str:
@@ -25,8 +27,48 @@ def section(ctx: Ctx, page: Page) -> str:
         alpha=f"{ctx.verdicts[0].alpha:g}",
         level=ctx.verdicts[0].level_text,
         cards=[_card(ctx, v) for v in ctx.verdicts],
+        paper=_paper_rows(ctx),
         robustness=_robustness(ctx),
     )
+
+
+def _best(v: H.StratumVerdict) -> str:
+    if v.verdict == H.NOT_TESTED or v.best_latent_dim is None:
+        return "–"
+    within = " {" + ", ".join(str(d) for d in v.best_set) + "}" if v.best_set else ""
+    return f"{v.best_latent_dim}{within}"
+
+
+def _paper_rows(ctx: Ctx) -> list[dict]:
+    """The paper's Table 1 (image AUC, n = 3 runs per latent_dim) tested by the same
+    capacity test, beside each stratum whose data set label matches."""
+    if ctx.paper1 is None or not ctx.verdicts:
+        return []
+    ours = [v for v in ctx.verdicts if v.metric == "auc"]
+    labels = {norm_label(v.dataset) for v in ours}
+    table = ctx.paper1[ctx.paper1["_norm"].isin(labels)]
+    if table.empty:
+        return []
+    paper = H.verdicts_from_summary(table.assign(n=PAPER_RUNS), alpha=ours[0].alpha)
+    rows = []
+    for p in paper:
+        for v in ours:
+            if norm_label(v.dataset) == norm_label(p.dataset):
+                rows.append(
+                    dict(
+                        dataset=v.dataset,
+                        paper=p.verdict,
+                        paper_best=_best(p),
+                        paper_p=f"p {H.format_p_clause(p.p_value)}",
+                        model=v.model,
+                        ours=v.verdict,
+                        our_best=_best(v),
+                        our_p="–"
+                        if v.verdict == H.NOT_TESTED
+                        else f"p {H.format_p_clause(v.p_value)}",
+                    )  # fmt: skip
+                )
+    return rows
 
 
 def p_text(t: H.CapacityTest) -> str:
