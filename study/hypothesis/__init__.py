@@ -57,10 +57,12 @@ Example:
 """
 
 from study.hypothesis.capacity import (
+    HIGHER_IS_BETTER,
     correlation,
     elbow_from_errors,
     predict_from_intrinsic_dim,
     verdicts,
+    verdicts_by_metric,
     verdicts_table,
 )
 from study.hypothesis.fixed_dim import fixed_latent_dim_tests
@@ -93,6 +95,7 @@ __all__ = [
     "CONFIG_COLUMNS",
     "CONTRADICTED",
     "ENTROPY_COLUMNS",
+    "HIGHER_IS_BETTER",
     "HEADLINES",
     "HEADLINE_TEST",
     "NOT_SHOWN",
@@ -116,6 +119,7 @@ __all__ = [
     "format_ratio",
     "predict_from_intrinsic_dim",
     "verdicts",
+    "verdicts_by_metric",
     "verdicts_from_summary",
     "verdicts_table",
 ]

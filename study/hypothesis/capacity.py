@@ -199,6 +199,7 @@ class _Stratum:
     uncertainty: Uncertainty | None = None
     design: Design | None = None
     conditional: bool = False
+    metric: str = "auc"
     over: MaxTResult | None = None
     under: MaxTResult | None = None
 
@@ -311,7 +312,8 @@ def _run_tests(strata: list[_Stratum], alpha: float, n_sim: int, seed: int) -> N
 
         d = Design(stack("means"), stack("s2"), ds[0].counts, stack("cov"), stack("interaction"))
         k = d.means.shape[1]
-        seeds = [stratum_seed(seed, s.key) for s in group]
+        seeds = [stratum_seed(seed, s.key if s.metric == "auc" else f"{s.key}:{s.metric}")
+                 for s in group]  # fmt: skip
         over, under = max_t_batch(d, [k - 1, 0], level=1 - alpha, n_sim=n_sim, seed=seeds)
         for i, s in enumerate(group):
             s.over = MaxTResult.of(over, i, s.gm.groups)
@@ -409,6 +411,14 @@ def verdicts(
             )
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    strata = _strata(trials, scores, metric, entropy_col)
+    return _conclude(strata, entropy_col, alpha, n_sim, n_boot, seed, adjust)
+
+
+def _strata(
+    trials: pd.DataFrame, scores: pd.DataFrame | None, metric: str, entropy_col: str
+) -> list[_Stratum]:
+    """The strata of a trials table for one metric, with their test designs."""
     d = pd.to_numeric(trials["latent_dim"], errors="coerce")
     df = trials[d.notna()].assign(latent_dim=d[d.notna()].astype(int))
     df = df.assign(_stratum=_stratum_key(df))
@@ -434,14 +444,51 @@ def verdicts(
     for key, pos in df.groupby("_stratum", sort=False).indices.items():
         cols = {k: v[pos] for k, v in arrays.items()}
         s, ids = _prepare(str(key), df, pos, cols, varying.get(str(key), []))
+        s.metric = metric
         _set_design(s, ids, index, metric)
         strata.append(s)
-    return _conclude(strata, metric, entropy_col, alpha, n_sim, n_boot, seed, adjust)
+    return strata
+
+
+HIGHER_IS_BETTER = ("auc", "ap", "pixel_ap", "best_dice")
+"""The detection metrics that get a capacity verdict each (:func:`verdicts_by_metric`)."""
+
+
+def verdicts_by_metric(
+    trials: pd.DataFrame,
+    scores: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+    *,
+    metrics: Sequence[str] = HIGHER_IS_BETTER,
+    n_sim: int = 10000,
+    seed: int = 0,
+    adjust: str | None = "holm",
+) -> list[StratumVerdict]:
+    """A capacity verdict per stratum x metric, for every metric of ``metrics`` the
+    trials table has values for (image AUC and AP always; pixel AP and best Dice where
+    the data set has masks). Multiplicity: each branch's p-values are Holm-adjusted over
+    all strata x metrics together (one family). The study's headline stays
+    :func:`verdicts` on image AUC, whose own family is the strata; so an AUC row here
+    can carry a larger adjusted p than the headline. Per-image scores (DeLong) serve
+    AUC only; the other metrics are tested from the seeds. No descriptions
+    (``n_boot`` 0). Rows come per metric in the order of ``metrics``.
+
+    Raises ``ValueError`` for a lower-is-better metric or an alpha outside (0, 1).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    strata = []
+    for metric in metrics:
+        check_higher_is_better(metric)
+        if metric in trials.columns:
+            has = pd.to_numeric(trials[metric], errors="coerce").notna()
+            if has.any():  # strata without values for this metric get no row
+                strata += _strata(trials[has.to_numpy()], scores, metric, "")
+    return _conclude(strata, "", alpha, n_sim, 0, seed, adjust)
 
 
 def _conclude(
     strata: list[_Stratum],
-    metric: str,
     entropy_col: str,
     alpha: float,
     n_sim: int,
@@ -459,7 +506,7 @@ def _conclude(
     p_rise = adjusted([s.over.p_reference_best if s.over else math.nan for s in strata])
     p_under = adjusted([s.under.p_value if s.under else math.nan for s in strata])
     return [
-        _assemble(s, metric, entropy_col, alpha, n_boot, seed, po, pr, pu)
+        _assemble(s, entropy_col, alpha, n_boot, seed, po, pr, pu)
         for s, po, pr, pu in zip(strata, p_over, p_rise, p_under)
     ]
 
@@ -497,7 +544,6 @@ def correlation(
 
 def _assemble(
     s: _Stratum,
-    metric: str,
     entropy_col: str,
     alpha: float,
     n_boot: int,
@@ -530,7 +576,7 @@ def _assemble(
         stratum=s.key,
         dataset=s.dataset,
         model=s.model,
-        metric=metric,
+        metric=s.metric,
         entropy_col=entropy_col,
         alpha=alpha,
         n_trials=s.n_trials,

@@ -71,7 +71,9 @@ def verdicts_from_summary(
     strata = [
         _stratum(str(key), g, str(model.loc[g.index[0]])) for key, g in df.groupby(keys, sort=False)
     ]
-    return _conclude(strata, metric, "", alpha, n_sim, 0, seed, adjust)
+    for s in strata:
+        s.metric = metric
+    return _conclude(strata, "", alpha, n_sim, 0, seed, adjust)
 
 
 def _stratum(key: str, g: pd.DataFrame, model: str) -> _Stratum:

@@ -75,7 +75,8 @@ def write_report(
     doc, _, ctx = render(run, options)
     out = run.run_dir / REPORT_FILE
     atomic_write_text(out, doc)
-    table = H.verdicts_table(ctx.verdicts, ctx.fixed, alpha)
+    others = [v for v in ctx.by_metric if v.metric != "auc"]  # AUC: the headline family
+    table = H.verdicts_table([*ctx.verdicts, *others], ctx.fixed, alpha)
     atomic_write_text(run.run_dir / VERDICTS_FILE, table.to_csv(index=False))
     return out
 
@@ -95,8 +96,10 @@ def verdict_lines(run_dir: Path | str) -> list[str]:
     lines = []
     for _, r in table[table["branch"] == "fixed latent_dim"].iterrows():
         lines.append(_fixed_line(r))
-    branches = {(r["stratum"], r["branch"]): r for _, r in table.iterrows()}
-    for _, r in table[table["branch"] == "inverted U"].iterrows():
+    auc = table[table["metric"].astype(str) == "auc"]
+    branches = {(r["stratum"], r["branch"]): r for _, r in auc.iterrows()}
+    headline = (table["branch"] == "inverted U") & (table["metric"].astype(str) == "auc")
+    for _, r in table[headline].iterrows():
         over = branches.get((r["stratum"], "over-capacity"))
         under = branches.get((r["stratum"], "under-capacity"))
         lines.append(_headline_line(r, over, under))

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from study import hypothesis as H
+from study import stats as S
 from study.report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
@@ -77,8 +78,9 @@ def test_report_has_verdicts_and_one_plotly_copy(run_dir, report_text):
     assert "no model whose entropy knob varies at a fixed latent_dim" in text
     table = pd.read_csv(run_dir / "verdicts.csv")
     assert set(table["verdict"]) <= set(H.HEADLINES)
-    assert (table.loc[table["branch"] == "inverted U", "verdict"] == "supported").all()
-    assert (table.loc[table["branch"] == "over-capacity", "verdict"] == "supported").all()
+    auc = table[table["metric"] == "auc"]
+    assert (auc.loc[auc["branch"] == "inverted U", "verdict"] == "supported").all()
+    assert (auc.loc[auc["branch"] == "over-capacity", "verdict"] == "supported").all()
     # no partial banner for a finished study whose trials all finished
     assert "Partial results" not in text
     # no leftover temporary files
@@ -453,3 +455,29 @@ def test_statistics_refuse_a_metric_where_lower_is_better():
     with pytest.raises(ValueError, match="higher is better"):
         H.fixed_latent_dim_tests(df, metric="dice_threshold", n_perm=100)
     assert len(H.verdicts(df, metric="auc", n_sim=100, n_boot=0)) == 1
+
+
+def test_a_verdict_per_metric(run_dir, report_text):
+    import study
+
+    run = study.load_run(run_dir)
+    by = run.metric_verdicts(**FAST)
+    pairs = [(v.stratum, v.metric) for v in by]
+    assert pairs[:2] == [("phantom-k6/ae", "auc"), ("RSNA/ae", "auc")]
+    assert {("RSNA/ae", "pixel_ap"), ("RSNA/ae", "best_dice"), ("phantom-k6/ae", "ap")} <= set(
+        pairs
+    )
+    assert ("phantom-k6/ae", "pixel_ap") not in pairs  # no masks: no pixel verdict
+    # one Holm family over strata x metrics, per branch
+    raw = H.verdicts_by_metric(run.trials, run.scores, n_sim=FAST["n_sim"], adjust=None)
+    assert [v.over.p_adjusted for v in by] == pytest.approx(
+        S.holm([v.over.p_value for v in raw]), nan_ok=True
+    )
+    assert "A verdict per metric" in report_text and "d* {within reach}" in report_text
+    table = pd.read_csv(run_dir / "verdicts.csv")
+    assert {"auc", "ap", "pixel_ap", "best_dice"} <= set(table["metric"])
+    # the console headline stays image AUC: one line per stratum
+    from study.report import verdict_lines
+
+    heads = [x for x in verdict_lines(run_dir) if x.startswith("verdict ")]
+    assert len(heads) == 2

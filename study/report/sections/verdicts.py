@@ -28,8 +28,26 @@ def section(ctx: Ctx, page: Page) -> str:
         level=ctx.verdicts[0].level_text,
         cards=[_card(ctx, v) for v in ctx.verdicts],
         paper=_paper_rows(ctx),
+        metrics=_metric_rows(ctx),
         robustness=_robustness(ctx),
     )
+
+
+def _metric_rows(ctx: Ctx) -> dict | None:
+    """The verdict per stratum x metric, and where the metrics disagree on d*."""
+    if len({v.metric for v in ctx.by_metric}) < 2:
+        return None
+    rows, disagree = [], []
+    for stratum in dict.fromkeys(v.stratum for v in ctx.by_metric):
+        mine = [v for v in ctx.by_metric if v.stratum == stratum]
+        for v in mine:
+            rows.append(dict(stratum=stratum, metric=v.metric, verdict=v.verdict,
+                             best=_best(v), p="–" if v.verdict == H.NOT_TESTED
+                             else f"p {H.format_p_clause(v.p_value)}"))  # fmt: skip
+        best = {v.metric: v.best_latent_dim for v in mine if v.verdict != H.NOT_TESTED}
+        if len(set(best.values())) > 1:
+            disagree.append(f"{stratum}: " + ", ".join(f"{m} {d}" for m, d in best.items()))
+    return dict(rows=rows, disagree=disagree)
 
 
 def _best(v: H.StratumVerdict) -> str:
