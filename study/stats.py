@@ -1,15 +1,17 @@
 """The numerical tests behind :mod:`study.hypothesis` (numpy and scipy only).
 
-- :func:`max_t_test`: is the mean at the best group higher than at a reference group?
-  A studentised max-t whose null distribution is simulated under equal means with the
-  best group re-chosen in every draw, optionally with a known covariance of the group
-  means (the test-set level); also the simultaneous interval of the effect and the set
-  of groups not distinguishable from the best (studentised range).
+- :func:`max_t_batch` (:func:`max_t_test` for one study): is the mean at the best group
+  higher than at a reference group? A studentised max-t with per-group variances
+  moderated toward a common one (:func:`moderate`, empirical Bayes as limma), optionally
+  with a known covariance of the group means (the test-image level) and the part of the
+  seed variance it already holds; its null is simulated from the same variance model
+  under equal means with the best group re-chosen in every draw, vectorised over many
+  studies. Also the simultaneous interval of the effect and the set of groups not
+  distinguishable from the best (studentised range).
 - :func:`delong_components` / :func:`mean_auc_covariance`: DeLong's covariance of
   correlated AUCs that share one test set.
-- :func:`stratified_permutation_rho`: Spearman rho within groups, pooled, with a
-  permutation null that permutes within groups.
-- :func:`spearman_ci`, :func:`holm`.
+- :func:`trend_test`: a one-sided Spearman trend with a permutation null.
+- :func:`spearman_ci` (stratified bootstrap), :func:`holm`.
 
 Example:
     >>> import numpy as np
@@ -112,40 +114,6 @@ def spearman_ci(
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
     return round(rho, 12), float(lo), float(hi)
-
-
-def stratified_permutation_rho(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_perm: int = 5000, seed: int = 0
-) -> tuple[float, float]:
-    """Pooled within-group Spearman rho of ``x`` and ``y`` and its two-sided p-value
-    from permuting ``y`` within each group (exact under "within a group, x says nothing
-    about y"). Returns ``(rho, p)``; NaN when no group varies in both.
-
-    Example:
-        >>> import numpy as np
-        >>> x = np.arange(12.0); g = np.repeat([0, 1], 6)
-        >>> rho, p = stratified_permutation_rho(x, -x, g, n_perm=2000)
-        >>> rho, p < 0.01
-        (-1.0, True)
-    """
-    x, y, groups = np.asarray(x, float), np.asarray(y, float), np.asarray(groups)
-    cx, cy = np.empty(len(x)), np.empty(len(y))
-    for g in np.unique(groups):
-        idx = groups == g
-        rx, ry = stats.rankdata(x[idx]), stats.rankdata(y[idx])
-        cx[idx], cy[idx] = rx - rx.mean(), ry - ry.mean()
-    den = math.sqrt(float(cx @ cx) * float(cy @ cy))
-    if den <= 1e-12:
-        return math.nan, math.nan
-    rho = float(cx @ cy) / den
-    rng = np.random.default_rng(seed)
-    null = np.zeros(n_perm)
-    for g in np.unique(groups):
-        idx = groups == g
-        null += rng.permuted(np.broadcast_to(cy[idx], (n_perm, int(idx.sum()))), axis=1) @ cx[idx]
-    null /= den
-    p = float((1 + np.sum(np.abs(null) >= abs(rho) - 1e-12)) / (1 + n_perm))
-    return round(rho, 12), p
 
 
 # ------------------------------------------------------------------------ variance model
