@@ -2,42 +2,46 @@
 
 The paper's claim, made testable per stratum (one data set x one model). Every verdict
 comes from a test whose false-positive rate is measured by simulation
-(``tests/study/test_calibration.py``; figures in docs/report.md).
+(``tests/study/test_calibration.py``; the matrix in docs/report.md).
 
-**Headline: the over-capacity drop.** ``d*`` is the latent_dim with the highest mean AUC.
-The statistic is the studentised max-t of the differences to the largest latent_dim,
-``T = max_j (mean_j - mean_K) / se_j`` (``se_j`` from the pooled within-latent_dim
-variance over seeds, plus the test-set covariance below). Its null distribution is
-simulated under a *flat* curve with the argmax recomputed in every draw (Gaussian errors,
-pooled variance with its chi-square uncertainty), so choosing ``d*`` from the same trials
-costs nothing in calibration; a flat curve is the least favourable null (any curve that
-does not drop only makes ``T`` smaller). ``supported`` when the (Holm-adjusted) p <= alpha,
-``contradicted`` when AUC keeps rising (the largest latent_dim is better than every other,
-an intersection-union test of the pairwise one-sided t-tests), ``not shown`` otherwise,
-``not tested`` when the data cannot answer (a reason says why).
+**Two branches.** ``d*`` is the latent_dim with the highest mean AUC. Over capacity: the
+studentised max-t of the differences to the largest latent_dim,
+``T = max_j (mean_j - mean_K) / se_j``; under capacity: the same against the smallest.
+``se_j`` uses a seed variance per latent_dim moderated toward the common one (empirical
+Bayes, as limma's moderated t), so a noisier latent_dim does not drive the maximum. The
+null is a parametric bootstrap from the same variance model under a flat curve, with
+the variances re-estimated and d* re-chosen in every draw
+(:func:`study.stats.max_t_batch`). Each branch: ``supported`` when its Holm-adjusted p
+(across strata) <= alpha, ``contradicted`` (over capacity) when AUC keeps rising (an
+intersection-union test), ``not shown`` otherwise, ``not tested`` with the reason.
 
-**Under capacity** mirrors it against the smallest latent_dim (the paper predicts too
-little entropy hurts too).
+**Headline: the inverted U.** ``supported`` needs both drops (intersection-union: the
+larger adjusted p); one drop only says which (``over-capacity drop only``,
+``under-capacity drop only``); ``contradicted`` when the over-capacity branch is. A ``not
+tested`` stratum shows no d*.
 
-**Two levels of uncertainty.** All seeds share one test set, so every AUC carries the
-same test-image sampling error. With the per-image scores (``scores.parquet``) the
-covariance of the mean AUCs over test images is added to the seed variance: a DeLong
-covariance of correlated AUCs, paired across latent_dims. Without them, seeds only, and
-the verdict says so.
+**Two levels of uncertainty.** All seeds share one test set. With the per-image scores
+(``scores.parquet``) the DeLong covariance of the mean AUCs over test images (paired
+across latent_dims) is added, and the model x image interaction it holds is taken out of
+the seed variance (the training variance), so nothing is counted twice
+(:mod:`study.hypothesis.images`). One seed with scores: only conditional on the trained
+models, so ``not tested`` with the conditional result in the reason.
 
-**The effect** is the AUC drop from ``d*`` to the largest latent_dim, with a 95 %
-simultaneous interval (max-|t| over all latent_dims, so it stays valid after choosing
-``d*``). The *set* of latent_dims not distinguishable from ``d*`` (studentised range) is
-the interval for ``d*`` itself.
+**The effect** is the AUC drop from ``d*`` to the reference with a simultaneous interval at
+level 1 - alpha. The *set* of latent_dims not distinguishable from ``d*`` (studentised
+range) is the interval for ``d*`` itself.
 
 **Descriptions, not verdicts:** Spearman rho of latent entropy vs AUC on each branch and
-over all trials, with bootstrap intervals.
+over all trials, with bootstrap intervals that resample seeds within each latent_dim.
 
-**Entropy at fixed latent_dim** (:func:`fixed_latent_dim_tests`): the paper's claim is
-about entropy, and every estimator rises with latent_dim, so the branch correlations
-cannot separate the two. Among trials that share a latent_dim (per data set) but differ
-in what sets entropy (regularisers, weight decay, seeds), a stratified permutation test
-(AUC permuted within each latent_dim) of the pooled within-latent_dim Spearman rho.
+**Entropy at fixed latent_dim** (:func:`fixed_latent_dim_tests`): per data set x model x
+latent_dim, on the knob that sets entropy (kl_weight, constraint_weight, MemAE's memory,
+weight_decay; the plain AE as level 0): a manipulation check, then a max-t against the
+least regularised level.
+
+**From summaries and per metric**: :func:`verdicts_from_summary` (mean, sd, n per
+latent_dim, e.g. the paper's Table 1) and :func:`verdicts_by_metric` (AUC, AP, pixel AP,
+best Dice; one Holm family).
 
 **Label-free predictions** of ``d*`` never read test data: the intrinsic dimension of the
 training images, and the elbow of the *validation* reconstruction error.
@@ -57,10 +61,12 @@ Example:
 """
 
 from study.hypothesis.capacity import (
+    HIGHER_IS_BETTER,
     correlation,
     elbow_from_errors,
     predict_from_intrinsic_dim,
     verdicts,
+    verdicts_by_metric,
     verdicts_table,
 )
 from study.hypothesis.fixed_dim import fixed_latent_dim_tests
@@ -68,9 +74,13 @@ from study.hypothesis.records import (
     CONFIG_COLUMNS,
     CONTRADICTED,
     ENTROPY_COLUMNS,
+    HEADLINE_TEST,
+    HEADLINES,
     NOT_SHOWN,
     NOT_TESTED,
+    OVER_ONLY,
     SUPPORTED,
+    UNDER_ONLY,
     VERDICTS,
     CapacityTest,
     Correlation,
@@ -78,18 +88,25 @@ from study.hypothesis.records import (
     LatentDimPrediction,
     StratumVerdict,
     Uncertainty,
+    format_level,
     format_p,
     format_p_clause,
     format_ratio,
 )
+from study.hypothesis.summary import verdicts_from_summary
 
 __all__ = [
     "CONFIG_COLUMNS",
     "CONTRADICTED",
     "ENTROPY_COLUMNS",
+    "HIGHER_IS_BETTER",
+    "HEADLINES",
+    "HEADLINE_TEST",
     "NOT_SHOWN",
     "NOT_TESTED",
+    "OVER_ONLY",
     "SUPPORTED",
+    "UNDER_ONLY",
     "VERDICTS",
     "CapacityTest",
     "Correlation",
@@ -100,10 +117,13 @@ __all__ = [
     "correlation",
     "elbow_from_errors",
     "fixed_latent_dim_tests",
+    "format_level",
     "format_p",
     "format_p_clause",
     "format_ratio",
     "predict_from_intrinsic_dim",
     "verdicts",
+    "verdicts_by_metric",
+    "verdicts_from_summary",
     "verdicts_table",
 ]

@@ -5,6 +5,7 @@ the descriptive correlations and the label-free predictions (see the package doc
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,9 +17,11 @@ from ae4ad.latent import (
     elbow_latent_dim,
     predict_latent_dim_from_intrinsic_dim,
 )
+from study.hypothesis.images import ScoreIndex
 from study.hypothesis.records import (
     CONFIG_COLUMNS,
     CONTRADICTED,
+    HEADLINE_TEST,
     MIN_CORRELATION_TRIALS,
     NOT_SHOWN,
     NOT_TESTED,
@@ -32,8 +35,16 @@ from study.hypothesis.records import (
     StratumVerdict,
     Uncertainty,
     check_higher_is_better,
+    format_p_clause,
 )
-from study.stats import GroupMeans, holm, max_t_from_means, mean_auc_covariance, spearman_ci
+from study.stats import (
+    Design,
+    GroupMeans,
+    MaxTResult,
+    holm,
+    max_t_batch,
+    spearman_ci,
+)
 
 # ----------------------------------------------------------------- label-free predictions
 
@@ -160,12 +171,11 @@ def _like_for_like(g: pd.DataFrame, varying: list[str]) -> tuple[np.ndarray, str
     return pos, note, ""
 
 
-def _not_tested(branch: str, reason: str, best: int | None) -> CapacityTest:
+def _not_tested(branch: str, reason: str) -> CapacityTest:
     nan = math.nan
     name = OVER_TEST if branch == "over-capacity" else UNDER_TEST
-    return CapacityTest(
-        branch, name, best, None, nan, nan, nan, nan, (nan, nan), NOT_TESTED, reason
-    )
+    return CapacityTest(branch, name, None, None, nan, nan, nan, nan, (nan, nan), NOT_TESTED,
+                        reason)  # fmt: skip
 
 
 @dataclass
@@ -181,13 +191,17 @@ class _Stratum:
     entropy: np.ndarray
     intrinsic: np.ndarray
     val_error: np.ndarray
+    seeds: np.ndarray
     n_seeds: int
     refusal: str = ""
     note: str = ""
     gm: GroupMeans | None = None
     uncertainty: Uncertainty | None = None
-    over: object = None
-    under: object = None
+    design: Design | None = None
+    conditional: bool = False
+    metric: str = "auc"
+    over: MaxTResult | None = None
+    under: MaxTResult | None = None
 
 
 def _column(df: pd.DataFrame, name: str) -> np.ndarray:
@@ -224,6 +238,7 @@ def _prepare(
         entropy=cols["entropy"][keep],
         intrinsic=cols["intrinsic"][keep],
         val_error=cols["val_error"][keep],
+        seeds=seeds,
         n_seeds=len(set(seeds.tolist())) if len(seeds) else 0,
         refusal=refusal,
         note=note,
@@ -233,75 +248,100 @@ def _prepare(
     return s, cols["trial_id"][keep]
 
 
-def _test_stratum(
-    s: _Stratum,
-    trial_ids: np.ndarray,
-    scores: pd.DataFrame | None,
-    metric: str,
-    alpha: float,
-    n_sim: int,
-    seed: int,
-) -> None:
+def _set_design(s: _Stratum, trial_ids: np.ndarray, scores: ScoreIndex | None, metric: str) -> None:
+    """The stratum's group means, its uncertainty and the inputs of the max-t tests (or
+    the refusal that says why there is no test)."""
     if s.refusal:
         s.uncertainty = Uncertainty("seeds", s.n_seeds, 0, math.nan)
         if len(s.y):
             s.gm = GroupMeans.of(s.y, s.dims)
         return
     gm = s.gm = GroupMeans.of(s.y, s.dims)
-    cov, n_img, why = None, 0, "per-image scores not given"
+    level, why = None, "per-image scores not given"
     if scores is not None and metric == "auc" and len(gm.groups) > 1:
-        by_dim = [trial_ids[s.dims == d] for d in gm.groups]
-        cov, n_img, why = _image_covariance(scores, by_dim)
-    if cov is not None:
-        note = f"DeLong covariance over {n_img} test images, paired across latent_dims"
+        order = np.argsort(s.dims, kind="stable")
+        level, why = scores.level([trial_ids[order][s.dims[order] == d] for d in gm.groups])
+    replicated = bool(np.any(gm.counts > 1))
+    df = int(np.sum(gm.counts - 1))
+    sd = float(np.sqrt(np.nanmean(gm.variances))) if replicated else math.nan
+    if level is not None:
+        note = (f"DeLong covariance over {level.n_images} test images, paired across "
+                "latent_dims; training variance = the seed variance per latent_dim "
+                "(moderated) less the model x image interaction it already holds")  # fmt: skip
+        if not replicated:
+            note = (f"DeLong covariance over {level.n_images} test images only: conditional "
+                    "on these trained models; training noise unmeasured (1 seed)")  # fmt: skip
+        u = Uncertainty("seeds and test images", s.n_seeds, df, sd, level.n_images, note)
     else:
-        note = f"seeds only ({why}); the test set is taken as fixed"
-    level = "seeds and test images" if cov is not None else "seeds"
-    sd = math.sqrt(gm.s2) if gm.df > 0 else math.nan
-    s.uncertainty = Uncertainty(level, s.n_seeds, gm.df, sd, n_img, note)
+        note = (
+            f"seeds only ({why}); the test set is taken as fixed; per-latent_dim "
+            "seed variances moderated toward their common value (empirical Bayes)"
+        )
+        u = Uncertainty("seeds", s.n_seeds, df, sd, 0, note)
+    s.uncertainty = u
     if len(gm.groups) < 2:
         s.refusal = "only one latent_dim"
-    elif gm.df == 0 and cov is None:
+    elif not replicated and level is None:
         s.refusal = "one trial per latent_dim (one seed) and no per-image scores: no variance"
-    elif gm.s2 == 0 and (cov is None or not np.any(np.diag(cov) > 0)):
+    elif replicated and np.nansum(gm.variances) == 0 and level is None:
         s.refusal = f"{metric} does not vary between seeds: no variance"
     if s.refusal:
         return
-    kw = dict(cov=cov, level=1 - alpha, n_sim=n_sim, seed=seed)
-    s.over = max_t_from_means(gm, reference="last", **kw)
-    s.under = max_t_from_means(gm, reference="first", **kw)
+    s.conditional = not replicated
+    cov = None if level is None else level.cov[None]
+    inter = None if level is None else level.interaction[None]
+    s2 = None if s.conditional else gm.variances[None]
+    s.design = Design(gm.means[None], s2, gm.counts, cov, inter)
 
 
-def _image_covariance(
-    scores: pd.DataFrame, trial_ids_by_dim: Sequence[np.ndarray]
-) -> tuple[np.ndarray | None, int, str]:
-    """The DeLong covariance of the per-latent_dim mean AUCs from ``scores.parquet``
-    rows (trial_id, index, score, label), or None with the reason."""
-    wanted = [str(t) for ids in trial_ids_by_dim for t in ids]
-    sub = scores[scores["trial_id"].astype(str).isin(wanted)]
-    if sub.empty:
-        return None, 0, "no per-image scores for these trials"
-    wide = sub.pivot_table(index="trial_id", columns="index", values="score", aggfunc="first")
-    labels = sub.groupby("index")["label"].agg(["min", "max"])
-    if len(wide) < len(set(wanted)) or wide.isna().any().any():
-        return None, 0, "the trials do not share one test set"
-    if (labels["min"] != labels["max"]).any():
-        return None, 0, "the trials' test labels differ"
-    lab = labels["min"].reindex(wide.columns).to_numpy() > 0
-    if lab.all() or not lab.any():
-        return None, 0, "the test set has one class only"
-    row = {str(t): i for i, t in enumerate(wide.index)}
-    rows = [[row[str(t)] for t in ids] for ids in trial_ids_by_dim]
-    return mean_auc_covariance(wide.to_numpy(dtype=float), lab, rows), int(wide.shape[1]), ""
+def _run_tests(strata: list[_Stratum], alpha: float, n_sim: int, seed: int) -> None:
+    """The max-t tests of every stratum that has a design, strata with the same design
+    shape run as one batch (each stratum's numbers do not depend on the batch)."""
+    batches: dict[tuple, list[_Stratum]] = {}
+    for s in strata:
+        if s.design is not None:
+            d = s.design
+            key = (tuple(d.counts), d.s2 is None, d.cov is None)
+            batches.setdefault(key, []).append(s)
+    for group in batches.values():
+        ds = [s.design for s in group]
+
+        def stack(name: str, ds=ds):
+            vals = [getattr(d, name) for d in ds]
+            return None if vals[0] is None else np.concatenate(vals)
+
+        d = Design(stack("means"), stack("s2"), ds[0].counts, stack("cov"), stack("interaction"))
+        k = d.means.shape[1]
+        seeds = [stratum_seed(seed, s.key if s.metric == "auc" else f"{s.key}:{s.metric}")
+                 for s in group]  # fmt: skip
+        over, under = max_t_batch(d, [k - 1, 0], level=1 - alpha, n_sim=n_sim, seed=seeds)
+        for i, s in enumerate(group):
+            s.over = MaxTResult.of(over, i, s.gm.groups)
+            s.under = MaxTResult.of(under, i, s.gm.groups)
+
+
+def stratum_seed(seed: int, key: str) -> int:
+    """The seed of one stratum's null draws: from the study's ``seed`` and the stratum's
+    name, so a stratum's numbers do not depend on the other strata of the table."""
+    return zlib.crc32(f"{seed}:{key}".encode())
 
 
 def _decide(s: _Stratum, branch: str, p_adj: float, p_rise_adj: float, alpha: float):
     over = branch == "over-capacity"
     r = s.over if over else s.under
-    best = int(s.gm.groups[int(np.argmax(s.gm.means))]) if s.gm is not None else None
     if r is None:
-        return _not_tested(branch, s.refusal, best)
+        return _not_tested(branch, s.refusal)
     name = OVER_TEST if over else UNDER_TEST
+    if s.conditional:
+        cond = (f"1 seed: training noise unmeasured, so nothing is claimed about retrained "
+                f"models; conditional on these trained models (test images only), AUC "
+                f"d={r.best} minus d={r.reference}: {r.effect:+.3f}, p "
+                f"{format_p_clause(r.p_value)}")  # fmt: skip
+        if r.best == r.reference:
+            where = "largest" if over else "smallest"
+            cond = (f"1 seed: training noise unmeasured; the best mean AUC of these trained "
+                    f"models is at the {where} latent_dim tried")  # fmt: skip
+        return _not_tested(branch, cond)
     if r.best == r.reference:
         where = "largest" if over else "smallest"
         verdict, reason = NOT_SHOWN, f"the best mean AUC is at the {where} latent_dim tried"
@@ -371,6 +411,14 @@ def verdicts(
             )
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    strata = _strata(trials, scores, metric, entropy_col)
+    return _conclude(strata, entropy_col, alpha, n_sim, n_boot, seed, adjust)
+
+
+def _strata(
+    trials: pd.DataFrame, scores: pd.DataFrame | None, metric: str, entropy_col: str
+) -> list[_Stratum]:
+    """The strata of a trials table for one metric, with their test designs."""
     d = pd.to_numeric(trials["latent_dim"], errors="coerce")
     df = trials[d.notna()].assign(latent_dim=d[d.notna()].astype(int))
     df = df.assign(_stratum=_stratum_key(df))
@@ -391,12 +439,65 @@ def verdicts(
         dataset=df["dataset"].astype(str).to_numpy(),
         model=df["model"].astype(str).to_numpy(),
     )
+    index = ScoreIndex(scores) if scores is not None and metric == "auc" else None
     strata = []
     for key, pos in df.groupby("_stratum", sort=False).indices.items():
         cols = {k: v[pos] for k, v in arrays.items()}
         s, ids = _prepare(str(key), df, pos, cols, varying.get(str(key), []))
-        _test_stratum(s, ids, scores, metric, alpha, n_sim, seed)
+        s.metric = metric
+        _set_design(s, ids, index, metric)
         strata.append(s)
+    return strata
+
+
+HIGHER_IS_BETTER = ("auc", "ap", "pixel_ap", "best_dice")
+"""The detection metrics that get a capacity verdict each (:func:`verdicts_by_metric`)."""
+
+
+def verdicts_by_metric(
+    trials: pd.DataFrame,
+    scores: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+    *,
+    metrics: Sequence[str] = HIGHER_IS_BETTER,
+    n_sim: int = 10000,
+    seed: int = 0,
+    adjust: str | None = "holm",
+) -> list[StratumVerdict]:
+    """A capacity verdict per stratum x metric, for every metric of ``metrics`` the
+    trials table has values for (image AUC and AP always; pixel AP and best Dice where
+    the data set has masks). Multiplicity: each branch's p-values are Holm-adjusted over
+    all strata x metrics together (one family). The study's headline stays
+    :func:`verdicts` on image AUC, whose own family is the strata; so an AUC row here
+    can carry a larger adjusted p than the headline. Per-image scores (DeLong) serve
+    AUC only; the other metrics are tested from the seeds. No descriptions
+    (``n_boot`` 0). Rows come per metric in the order of ``metrics``.
+
+    Raises ``ValueError`` for a lower-is-better metric or an alpha outside (0, 1).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    strata = []
+    for metric in metrics:
+        check_higher_is_better(metric)
+        if metric in trials.columns:
+            has = pd.to_numeric(trials[metric], errors="coerce").notna()
+            if has.any():  # strata without values for this metric get no row
+                strata += _strata(trials[has.to_numpy()], scores, metric, "")
+    return _conclude(strata, "", alpha, n_sim, 0, seed, adjust)
+
+
+def _conclude(
+    strata: list[_Stratum],
+    entropy_col: str,
+    alpha: float,
+    n_sim: int,
+    n_boot: int,
+    seed: int,
+    adjust: str | None,
+) -> list[StratumVerdict]:
+    """Run the strata's tests, adjust across strata and assemble the verdicts."""
+    _run_tests(strata, alpha, n_sim, seed)
 
     def adjusted(values: list[float]) -> list[float]:
         return holm(values) if adjust == "holm" else values
@@ -405,19 +506,29 @@ def verdicts(
     p_rise = adjusted([s.over.p_reference_best if s.over else math.nan for s in strata])
     p_under = adjusted([s.under.p_value if s.under else math.nan for s in strata])
     return [
-        _assemble(s, metric, entropy_col, alpha, n_boot, seed, po, pr, pu)
+        _assemble(s, entropy_col, alpha, n_boot, seed, po, pr, pu)
         for s, po, pr, pu in zip(strata, p_over, p_rise, p_under)
     ]
 
 
 def correlation(
-    dims: np.ndarray, entropy: np.ndarray, y: np.ndarray, *, branch: str, n_boot: int, seed: int
+    dims: np.ndarray,
+    entropy: np.ndarray,
+    y: np.ndarray,
+    *,
+    branch: str,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
 ) -> Correlation:
-    """The Spearman description of entropy vs the metric over the given trials."""
+    """The Spearman description of entropy vs the metric over the given trials, with a
+    bootstrap percentile interval at ``level`` that resamples trials (seeds) within each
+    latent_dim: the latent_dims are the design and stay fixed; the test-image sampling
+    and the pairing of seeds across latent_dims are ignored."""
     ok = np.isfinite(entropy) & np.isfinite(y)
     dims, entropy, y = dims[ok], entropy[ok], y[ok]
     kept = tuple(int(d) for d in np.unique(dims))
-    base = dict(branch=branch, n=len(y), n_latent_dims=len(kept), latent_dims=kept)
+    base = dict(branch=branch, n=len(y), n_latent_dims=len(kept), latent_dims=kept, level=level)
     if n_boot == 0:
         return Correlation(**base, rho=math.nan, ci_low=math.nan, ci_high=math.nan,
                            reason="not computed (n_boot=0)")  # fmt: skip
@@ -426,14 +537,13 @@ def correlation(
         if not ok.any():
             why = "no latent entropy values"
         return Correlation(**base, rho=math.nan, ci_low=math.nan, ci_high=math.nan, reason=why)
-    rho, lo, hi = spearman_ci(entropy, y, n_boot=n_boot, seed=seed)
+    rho, lo, hi = spearman_ci(entropy, y, strata=dims, level=level, n_boot=n_boot, seed=seed)
     why = "" if math.isfinite(rho) else "the latent entropy or the metric is constant"
     return Correlation(**base, rho=rho, ci_low=lo, ci_high=hi, reason=why)
 
 
 def _assemble(
     s: _Stratum,
-    metric: str,
     entropy_col: str,
     alpha: float,
     n_boot: int,
@@ -446,16 +556,12 @@ def _assemble(
     groups = [int(g) for g in gm.groups] if gm is not None else []
     means = {g: float(m) for g, m in zip(groups, gm.means)} if gm is not None else {}
     counts = {g: int(c) for g, c in zip(groups, gm.counts)} if gm is not None else {}
-    std = {}
-    if gm is not None:
-        idx = np.searchsorted(gm.groups, s.dims)
-        ss = np.bincount(idx, weights=(s.y - gm.means[idx]) ** 2, minlength=len(groups))
-        for g, c, v in zip(groups, gm.counts, ss):
-            std[g] = math.sqrt(v / (c - 1)) if c > 1 else math.nan
+    std = {g: math.sqrt(v) for g, v in zip(groups, gm.variances)} if gm is not None else {}
     best = max(means, key=lambda g: (means[g], -g)) if means else None
     over = _decide(s, "over-capacity", p_over, p_rise, alpha)
-    best_set = s.over.best_set if s.over is not None else ()
-    corr = dict(n_boot=n_boot)
+    tested = over.verdict != NOT_TESTED
+    best_set = s.over.best_set if tested else ()
+    corr = dict(n_boot=n_boot, level=1 - alpha)
     if best is None:
         over_rho = under_rho = correlation(s.dims, s.entropy, s.y, branch="over-capacity",
                                            seed=seed, **corr)  # fmt: skip
@@ -470,7 +576,7 @@ def _assemble(
         stratum=s.key,
         dataset=s.dataset,
         model=s.model,
-        metric=metric,
+        metric=s.metric,
         entropy_col=entropy_col,
         alpha=alpha,
         n_trials=s.n_trials,
@@ -483,14 +589,16 @@ def _assemble(
         best_mean=means.get(best, math.nan),
         best_std=std.get(best, math.nan),
         best_set=tuple(int(d) for d in best_set),
-        best_reason=s.refusal if not best_set else "",
+        best_reason="" if tested else over.reason,
         over=over,
         under=_decide(s, "under-capacity", p_under, math.nan, alpha),
         uncertainty=s.uncertainty,
         over_rho=over_rho,
         under_rho=under_rho,
         overall_rho=overall,
-        predictions=_predictions(s.dims, s.intrinsic, s.val_error, best, best_set, means)
+        predictions=_predictions(
+            s.dims, s.intrinsic, s.val_error, best if tested else None, best_set, means
+        )
         if len(s.dims)
         else (),
         subset=s.note,
@@ -503,54 +611,71 @@ def _assemble(
 def verdicts_table(
     items: list[StratumVerdict], fixed: Sequence[FixedDimTest] = (), alpha: float = math.nan
 ) -> pd.DataFrame:
-    """The verdicts as a flat table, e.g. for CSV export: one row per stratum and branch
-    (over- and under-capacity), then one per data set for the fixed-latent_dim tests
-    (branch ``fixed latent_dim``, ``effect`` = the within-latent_dim rho; ``alpha`` is
-    their level)."""
+    """The verdicts as a flat table, e.g. for CSV export: per stratum a headline row
+    (branch ``inverted U``: the headline word, the intersection-union p), then one row per
+    branch (over- and under-capacity); then one per fixed-latent_dim test (branch ``fixed
+    latent_dim``, ``effect`` = AUC of the best knob level minus the weakest). A ``not
+    tested`` row carries no d* and no effect."""
     rows = []
     for v in items:
+        tested = v.verdict != NOT_TESTED
+        base = dict(stratum=v.stratum, dataset=v.dataset, model=v.model, metric=v.metric,
+                    alpha=v.alpha, best_latent_dim=v.best_latent_dim if tested else None,
+                    best_set=" ".join(str(d) for d in v.best_set),
+                    uncertainty=v.uncertainty.level, n_trials=v.n_trials, n_seeds=v.n_seeds,
+                    n_test_images=v.uncertainty.n_test_images, subset=v.subset)  # fmt: skip
+        rows.append(
+            dict(
+                base,
+                branch="inverted U",
+                test=HEADLINE_TEST,
+                verdict=v.verdict,
+                p_value=max(v.over.p_value, v.under.p_value),
+                p_adjusted=v.p_value,
+                reason=v.over.reason
+                if not tested
+                else f"over capacity {v.over.verdict}, under capacity {v.under.verdict}",
+            )  # fmt: skip
+        )
         for t in (v.over, v.under):
             lo, hi = t.effect_ci
             rows.append(
                 dict(
-                    stratum=v.stratum,
-                    dataset=v.dataset,
-                    model=v.model,
-                    metric=v.metric,
-                    alpha=v.alpha,
+                    base,
                     branch=t.branch,
                     test=t.name,
                     verdict=t.verdict,
                     p_value=t.p_value,
                     p_adjusted=t.p_adjusted,
-                    best_latent_dim=v.best_latent_dim,
                     reference_latent_dim=t.reference_dim,
                     effect=t.effect,
                     effect_ci_low=lo,
                     effect_ci_high=hi,
-                    best_set=" ".join(str(d) for d in v.best_set),
-                    uncertainty=v.uncertainty.level,
-                    n_trials=v.n_trials,
-                    n_seeds=v.n_seeds,
-                    n_test_images=v.uncertainty.n_test_images,
-                    subset=v.subset,
                     reason=t.reason,
                 )  # fmt: skip
             )
     for f in fixed:
+        lo, hi = f.effect_ci
         rows.append(
             dict(
-                stratum=f.dataset,
+                stratum=f"{f.dataset}/{f.model}",
                 dataset=f.dataset,
+                model=f.model,
                 metric=f.metric,
-                alpha=alpha,
+                alpha=f.alpha if math.isfinite(f.alpha) else alpha,
                 branch="fixed latent_dim",
                 test=f.name,
                 verdict=f.verdict,
                 p_value=f.p_value,
                 p_adjusted=f.p_adjusted,
-                effect=f.rho,
+                effect=f.effect,
+                effect_ci_low=lo,
+                effect_ci_high=hi,
                 n_trials=f.n,
+                latent_dim=f.latent_dim,
+                knob=f.knob,
+                manipulation_p=f.manipulation_p,
+                best_level=f.best_level,
                 reason=f.reason,
             )  # fmt: skip
         )

@@ -13,6 +13,11 @@ NOT_SHOWN = "not shown"
 CONTRADICTED = "contradicted"
 NOT_TESTED = "not tested"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED, NOT_TESTED)
+OVER_ONLY = "over-capacity drop only"
+UNDER_ONLY = "under-capacity drop only"
+HEADLINES = (*VERDICTS, OVER_ONLY, UNDER_ONLY)
+"""The words of a stratum's headline: the verdict words, and for a curve that shows one
+drop only, which one."""
 
 ENTROPY_COLUMNS: tuple[str, ...] = metric_names("latent")
 """Latent entropy estimators written by the harness (any of them can drive the tests): the
@@ -68,7 +73,9 @@ CONFIG_COLUMNS: tuple[str, ...] = (
 
 OVER_TEST = "over-capacity drop: studentised max-t vs the largest latent_dim"
 UNDER_TEST = "under-capacity drop: studentised max-t vs the smallest latent_dim"
-FIXED_TEST = "within-latent_dim Spearman, stratified permutation"
+HEADLINE_TEST = (
+    "inverted U: over- and under-capacity drops (intersection-union: the larger adjusted p)"
+)
 MIN_CORRELATION_TRIALS = 4
 
 
@@ -89,13 +96,15 @@ class Correlation:
     ci_high: float
     reason: str = ""
     latent_dims: tuple[int, ...] = ()
+    level: float = 0.95
 
     def describe(self) -> str:
         """``rho = -0.81 (95 % CI -0.90 to -0.66, n = 15 trials at 4 latent dims)``."""
         if not math.isfinite(self.rho):
             return f"n = {self.n} trials at {self.n_latent_dims} latent dims: {self.reason}"
         return (
-            f"rho = {self.rho:+.2f} (95 % CI {self.ci_low:+.2f} to {self.ci_high:+.2f}, "
+            f"rho = {self.rho:+.2f} ({format_level(self.level)} CI {self.ci_low:+.2f} to "
+            f"{self.ci_high:+.2f}, "
             f"n = {self.n} trials at {self.n_latent_dims} latent dims)"
         )
 
@@ -106,7 +115,7 @@ class CapacityTest:
 
     ``p_value`` is the simulated max-t p; ``p_adjusted`` the Holm-adjusted one across the
     strata of the study (the verdict uses it). ``effect`` = mean AUC at d* minus mean AUC
-    at the reference, ``effect_ci`` its 95 % simultaneous interval.
+    at the reference, ``effect_ci`` its simultaneous interval at level 1 - alpha.
     """
 
     branch: str
@@ -197,13 +206,28 @@ class StratumVerdict:
 
     @property
     def verdict(self) -> str:
-        """The headline verdict: the over-capacity test (the paper's main claim)."""
-        return self.over.verdict
+        """The headline: the paper's inverted U. ``supported`` needs both drops (each
+        branch's adjusted p <= alpha); ``contradicted`` when AUC keeps rising; a curve
+        with one drop only says which (``over-capacity drop only``, ``under-capacity
+        drop only``); else ``not shown``, or ``not tested`` with the branches' reason."""
+        o, u = self.over.verdict, self.under.verdict
+        if NOT_TESTED in (o, u):
+            return NOT_TESTED
+        if o == CONTRADICTED:
+            return CONTRADICTED
+        if o == SUPPORTED and u == SUPPORTED:
+            return SUPPORTED
+        if o == SUPPORTED:
+            return OVER_ONLY
+        if u == SUPPORTED:
+            return UNDER_ONLY
+        return NOT_SHOWN
 
     @property
     def p_value(self) -> float:
-        """The headline p-value, Holm-adjusted across strata."""
-        return self.over.p_adjusted
+        """The headline's intersection-union p: the larger of the two branches'
+        Holm-adjusted p-values."""
+        return max(self.over.p_adjusted, self.under.p_adjusted)
 
     @property
     def effect(self) -> float:
@@ -215,6 +239,11 @@ class StratumVerdict:
         return self.over.effect_ci
 
     @property
+    def level_text(self) -> str:
+        """The level of the intervals, e.g. ``95 %``."""
+        return format_level(1 - self.alpha)
+
+    @property
     def best_ci_low(self) -> int | None:
         return min(self.best_set) if self.best_set else None
 
@@ -223,9 +252,11 @@ class StratumVerdict:
         return max(self.best_set) if self.best_set else None
 
     def best_text(self) -> str:
-        """The best latent_dim with the set of latent_dims within reach of it."""
-        if self.best_latent_dim is None:
-            return f"no best latent_dim: {self.best_reason}"
+        """The best latent_dim with the set of latent_dims within reach of it (none when
+        the capacity test is not tested: a d* from trials that cannot test it is not a
+        finding)."""
+        if self.best_latent_dim is None or self.over.verdict == NOT_TESTED:
+            return "no best latent_dim shown: the capacity test is not tested (the reason above)"
         text = f"best latent_dim d* = {self.best_latent_dim} (mean {self.metric.upper()} "
         text += f"{self.best_mean:.3f}"
         if math.isfinite(self.best_std):
@@ -233,18 +264,25 @@ class StratumVerdict:
         text += f" over {self.count_by_latent_dim.get(self.best_latent_dim, 0)} trials)"
         if self.best_set:
             dims = ", ".join(str(d) for d in self.best_set)
-            text += f"; not distinguishable from d* (95 %): {{{dims}}}"
+            text += f"; not distinguishable from d* ({self.level_text}): {{{dims}}}"
         elif self.best_reason:
             text += f"; {self.best_reason}"
         return text
 
     def headline(self) -> str:
-        """One line for the console: stratum, verdict, test, p and effect."""
-        return f"{self.stratum}: {self.over.describe()}"
+        """One line: stratum, headline word, the intersection-union p and both branches'
+        words (no d* or effect when not tested)."""
+        if self.verdict == NOT_TESTED:
+            return f"{self.stratum}: {NOT_TESTED}: {self.over.reason}"
+        return (
+            f"{self.stratum}: {self.verdict}: {HEADLINE_TEST}, p "
+            f"{format_p_clause(self.p_value)}; over capacity {self.over.verdict}, under "
+            f"capacity {self.under.verdict}; d* = {self.best_latent_dim}"
+        )
 
     def summary(self) -> str:
         """A paragraph in words."""
-        parts = [f"{self.stratum}: {self.best_text()}."]
+        parts = [f"{self.headline()}.", f"{self.best_text()}."]
         if self.subset:
             parts.append(self.subset + ".")
         parts.append(f"Over capacity: {self.over.describe()}.")
@@ -266,32 +304,75 @@ class StratumVerdict:
         return " ".join(parts)
 
 
+FIXED_TEST = "max-t of each knob level against the least regularised level"
+MANIPULATION_TEST = "one-sided Spearman trend of the entropy on the knob level, permutation"
+
+
 @dataclass(frozen=True)
 class FixedDimTest:
-    """Entropy vs AUC among trials of one data set that share a latent_dim."""
+    """Entropy at a fixed latent_dim, per data set x model x latent_dim: does lowering
+    the latent entropy with the designed knob (kl_weight, constraint_weight, MemAE's
+    memory, weight_decay; the plain AE as level 0 where the study has it) raise AUC?
+
+    ``levels`` run from the least to the most regularised; ``mean_auc`` /
+    ``mean_entropy`` / ``counts`` per level. ``manipulation_rho`` / ``manipulation_p``:
+    the check that entropy falls with the knob (one-sided). ``p_value``: the max-t of
+    every level against the weakest (the best level re-chosen in every null draw),
+    ``p_adjusted`` its Holm adjustment across data set x model x latent_dim; ``effect``
+    the AUC of the best level minus the weakest, ``effect_ci`` its simultaneous interval
+    at 1 - alpha. ``p_weakest_best``: the intersection-union p of "the weakest level
+    beats every other" (``contradicted``); ``p_collapse``: of "some level beats the
+    strongest" (an AUC collapse at the strongest level, the under-capacity side)."""
 
     dataset: str
+    model: str
+    latent_dim: int | None
+    knob: str
+    levels: tuple[str, ...]
+    counts: tuple[int, ...]
+    mean_auc: tuple[float, ...]
+    mean_entropy: tuple[float, ...]
     entropy_col: str
     metric: str
     n: int
-    groups: dict[int, int]
-    rho: float
+    manipulation_rho: float
+    manipulation_p: float
+    best_level: str | None
     p_value: float
     p_adjusted: float
+    effect: float
+    effect_ci: tuple[float, float]
+    p_weakest_best: float
+    p_collapse: float
     verdict: str
     reason: str
-    entropy_range: tuple[float, float] = (math.nan, math.nan)
+    alpha: float = 0.05
     name: str = FIXED_TEST
+
+    @property
+    def cell(self) -> str:
+        """``phantom/vae, latent_dim 64``."""
+        d = "" if self.latent_dim is None else f", latent_dim {self.latent_dim}"
+        return f"{self.dataset}/{self.model}{d}"
 
     def describe(self) -> str:
         if self.verdict == NOT_TESTED:
-            return f"{self.dataset}: {self.verdict}: {self.reason}"
+            return f"{self.cell}: {self.verdict}: {self.reason}"
         adj = "" if self.p_adjusted == self.p_value else f" (Holm {format_p(self.p_adjusted)})"
+        lo, hi = self.effect_ci
+        ci = f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else ""
         return (
-            f"{self.dataset}: {self.verdict}: within-latent_dim rho = {self.rho:+.2f}, "
-            f"p {format_p_clause(self.p_value)}{adj}, n = {self.n} trials in "
-            f"{len(self.groups)} latent_dim groups"
+            f"{self.cell}: {self.verdict}: {self.knob} ({len(self.levels)} levels, "
+            f"{self.n} trials); entropy falls with it (rho = {self.manipulation_rho:+.2f}, "
+            f"p {format_p_clause(self.manipulation_p)}); best level {self.best_level} minus "
+            f"the weakest: AUC {self.effect:+.3f}{ci}, p {format_p_clause(self.p_value)}{adj}"
+            f"; {self.reason}"
         )
+
+
+def format_level(level: float) -> str:
+    """``95 %``, ``99 %``, ``97.5 %``: an interval's level for a label."""
+    return f"{100 * level:.4g} %"
 
 
 def format_p(p: float) -> str:

@@ -59,6 +59,7 @@ class Ctx:
     hover: pd.Series = field(default_factory=lambda: pd.Series(dtype=str))
     cache: dict = field(default_factory=dict)
     fixed: list[H.FixedDimTest] = field(default_factory=list)
+    by_metric: list[H.StratumVerdict] = field(default_factory=list)  # a verdict per metric
     paper1: pd.DataFrame | None = None  # the paper's Table 1 (per latent_dim)
     paper2: pd.DataFrame | None = None  # the paper's Table 2 (methods)
 
@@ -111,9 +112,18 @@ def build_context(run: RunData, options: Options) -> Ctx:
         entropy_col=options.entropy_col,
         max_curves=options.max_curves,
         fixed=fixed,
+        by_metric=metric_verdicts(run, all_trials, options),
         paper1=paper1,
         paper2=paper2,
     )
+
+
+def metric_verdicts(run: RunData, trials: pd.DataFrame, options: Options) -> list:
+    """The capacity verdict per stratum x higher-is-better metric (one Holm family)."""
+    if trials.empty or not {"latent_dim", "dataset", "model"} <= set(trials.columns):
+        return []
+    trials = trials[pd.to_numeric(trials["latent_dim"], errors="coerce") > 0]
+    return H.verdicts_by_metric(trials, run.scores, options.alpha, n_sim=options.n_sim)
 
 
 def hypothesis_tests(

@@ -61,6 +61,11 @@ class Run(RunData):
         (:class:`study.hypothesis.StratumVerdict`)."""
         return self.context(**options).verdicts
 
+    def metric_verdicts(self, **options: Any) -> list[H.StratumVerdict]:
+        """A capacity verdict per stratum x metric (image AUC and AP; pixel AP and best
+        Dice where masks exist), Holm over all of them (``H.verdicts_by_metric``)."""
+        return self.context(**options).by_metric
+
     def fixed_latent_dim_tests(self, **options: Any) -> list[H.FixedDimTest]:
         """The report's tests of entropy at fixed latent_dim, one per data set."""
         return self.context(**options).fixed

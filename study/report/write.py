@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -77,49 +76,73 @@ def write_report(
     doc, _, ctx = render(run, options)
     out = run.run_dir / REPORT_FILE
     atomic_write_text(out, doc)
-    table = H.verdicts_table(ctx.verdicts, ctx.fixed, alpha)
+    others = [v for v in ctx.by_metric if v.metric != "auc"]  # AUC: the headline family
+    table = H.verdicts_table([*ctx.verdicts, *others], ctx.fixed, alpha)
     atomic_write_text(run.run_dir / VERDICTS_FILE, table.to_csv(index=False))
     return out
 
 
 def verdict_lines(run_dir: Path | str) -> list[str]:
     """The headline verdict of every stratum as one line each, from ``verdicts.csv``
-    (written with the report), e.g. ``verdict phantom/ae: supported (over-capacity drop:
-    studentised max-t vs the largest latent_dim, p = 0.002; AUC d=8 minus d=128: +0.031
-    [+0.012, +0.050])``, then for a searched run one line per stratum saying what the
-    search found (:func:`study.report.searched.search_lines`). Empty when the run has no
-    verdicts table."""
+    (written with the report), e.g. ``verdict phantom/ae: supported (inverted U: over- and
+    under-capacity drops (intersection-union: the larger adjusted p), p = 0.002, alpha
+    0.05; d* = 8; over capacity supported: AUC d=8 minus d=128 +0.031 [+0.012, +0.050];
+    under capacity supported: AUC d=8 minus d=1 +0.120 [+0.090, +0.150])``; a ``not
+    tested`` stratum gives its reason and no d*; then for a searched run one line per
+    stratum saying what the search found (:func:`study.report.searched.search_lines`).
+    Empty when the run has no verdicts table."""
     path = Path(run_dir) / VERDICTS_FILE
     if not path.is_file():
         return []
     table = pd.read_csv(path)
     lines = []
     for _, r in table[table["branch"] == "fixed latent_dim"].iterrows():
-        p = "" if pd.isna(r["p_value"]) else f", p {H.format_p_clause(float(r['p_value']))}"
-        rho = "" if pd.isna(r["effect"]) else f", rho = {float(r['effect']):+.2f}"
-        lines.append(
-            f"entropy at fixed latent_dim, {r['dataset']}: {r['verdict']} ({r['test']}{rho}"
-            f"{p}, n = {int(r['n_trials'])}; {r['reason']})"
-        )
-    for _, r in table[table["branch"] == "over-capacity"].iterrows():
-        lines.append(_over_capacity_line(r))
+        lines.append(_fixed_line(r))
+    auc = table[table["metric"].astype(str) == "auc"]
+    branches = {(r["stratum"], r["branch"]): r for _, r in auc.iterrows()}
+    headline = (table["branch"] == "inverted U") & (table["metric"].astype(str) == "auc")
+    for _, r in table[headline].iterrows():
+        over = branches.get((r["stratum"], "over-capacity"))
+        under = branches.get((r["stratum"], "under-capacity"))
+        lines.append(_headline_line(r, over, under))
     return lines + search_lines(run_dir)
 
 
-def _over_capacity_line(r: pd.Series) -> str:
-    if r["verdict"] == H.NOT_TESTED:
-        return f"verdict {r['stratum']}: not tested ({r['reason']})"
-    p = f"p {H.format_p_clause(float(r['p_value']))}"
-    if float(r["p_adjusted"]) != float(r["p_value"]):
-        p += f", Holm-adjusted {H.format_p(float(r['p_adjusted']))}"
-    effect = ""
-    if math.isfinite(float(r["effect_ci_low"])):
-        effect = (
-            f"; AUC d={int(r['best_latent_dim'])} minus d={int(r['reference_latent_dim'])}: "
+def _fixed_line(r: pd.Series) -> str:
+    where = f"{r['dataset']}/{r['model']}"
+    if not pd.isna(r.get("latent_dim")):
+        where += f", latent_dim {int(r['latent_dim'])}"
+    if r["verdict"] == H.NOT_TESTED or pd.isna(r["p_value"]):
+        return f"entropy at fixed latent_dim, {where}: {r['verdict']} ({r['reason']})"
+    ci = ""
+    if not pd.isna(r.get("effect_ci_low")):
+        ci = f" [{float(r['effect_ci_low']):+.3f}, {float(r['effect_ci_high']):+.3f}]"
+    return (
+        f"entropy at fixed latent_dim, {where}: {r['verdict']} ({r['knob']}; {r['test']}: "
+        f"{r['best_level']} minus the weakest level, AUC {float(r['effect']):+.3f}{ci}, p "
+        f"{H.format_p_clause(float(r['p_value']))}, n = {int(r['n_trials'])}; {r['reason']})"
+    )
+
+
+def _branch_text(r: pd.Series | None, label: str) -> str:
+    if r is None:
+        return ""
+    text = f"; {label} {r['verdict']}"
+    if not pd.isna(r["effect_ci_low"]):
+        text += (
+            f": AUC d={int(r['best_latent_dim'])} minus d={int(r['reference_latent_dim'])} "
             f"{float(r['effect']):+.3f} [{float(r['effect_ci_low']):+.3f}, "
             f"{float(r['effect_ci_high']):+.3f}]"
         )
+    return text
+
+
+def _headline_line(r: pd.Series, over: pd.Series | None, under: pd.Series | None) -> str:
+    if r["verdict"] == H.NOT_TESTED:
+        return f"verdict {r['stratum']}: not tested ({r['reason']})"
+    p = f"p {H.format_p_clause(float(r['p_adjusted']))}"
     return (
         f"verdict {r['stratum']}: {r['verdict']} ({r['test']}, {p}, alpha "
-        f"{float(r['alpha']):g}{effect})"
+        f"{float(r['alpha']):g}; d* = {int(r['best_latent_dim'])}"
+        f"{_branch_text(over, 'over capacity')}{_branch_text(under, 'under capacity')})"
     )

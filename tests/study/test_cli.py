@@ -145,8 +145,11 @@ def test_report_only_prints_the_verdict_lines_at_the_chosen_alpha(tmp_path, caps
     assert main(["--report-only", str(run), "--alpha", "0.01"]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("verdict toy/ae: "))
-    assert "studentised max-t" in line and "p " in line and "alpha 0.01" in line
-    assert "entropy at fixed latent_dim, toy: " in out and "stratified permutation" in out
+    word = line.removeprefix("verdict toy/ae: ").split(" (inverted U: over- and under-capacity")[0]
+    assert word in {"supported", "over-capacity drop only", "under-capacity drop only"}, line
+    assert "p " in line and "alpha 0.01" in line and "; d* = " in line
+    assert "; over capacity " in line and ": AUC d=" in line and "; under capacity " in line
+    assert "entropy at fixed latent_dim" not in out  # no knob varies in this run
     table = pd.read_csv(run / "verdicts.csv")
     assert set(table["alpha"]) == {0.01}
     assert main(["--report-only", str(run), "--alpha", "1.5"]) == 2

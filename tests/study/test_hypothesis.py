@@ -9,11 +9,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import special, stats
 from sklearn.metrics import roc_auc_score
 
 from study import hypothesis as H
 from study import stats as S
+from study.hypothesis.images import image_level
 
 DIMS = (1, 2, 4, 8, 16, 32, 64, 128)
 FAST = dict(n_sim=3000, n_boot=300)
@@ -62,16 +63,23 @@ def test_inverted_u_is_supported_on_both_branches():
     assert v.effect_ci[0] < v.effect < v.effect_ci[1] and v.effect_ci[0] > 0.5
     assert 8 in v.best_set and 1 not in v.best_set and 128 not in v.best_set
     assert v.uncertainty.level == "seeds" and "seeds only" in v.uncertainty.note
-    assert "supported" in v.headline() and "max-t" in v.headline()
+    assert v.headline().startswith("toy/ae: supported: inverted U") and "d* = 8" in v.headline()
+    assert "max-t" in v.over.describe() and v.p_value == max(v.over.p_adjusted, v.under.p_adjusted)
     # descriptions, not verdicts: entropy rises with d, AUC falls over capacity
     assert v.over_rho.rho < 0 and v.under_rho.rho > 0
     assert not hasattr(v.over_rho, "verdict")
 
 
-def test_monotone_falling_auc_supports_over_capacity_only():
+def test_monotone_falling_auc_shows_the_over_capacity_drop_only():
+    # the paper's hypothesis is an inverted U: a monotone curve is not its headline
     (v,) = H.verdicts(_table(lambda d: 0.95 - 0.04 * math.log2(d)), **FAST)
-    assert v.best_latent_dim == 1 and v.verdict == H.SUPPORTED
+    assert v.best_latent_dim == 1 and v.over.verdict == H.SUPPORTED
+    assert v.verdict == H.OVER_ONLY == "over-capacity drop only"
     assert v.under.verdict == H.NOT_SHOWN and "smallest latent_dim" in v.under.reason
+    # and the mirror: rising then flat shows the under-capacity drop only
+    (w,) = H.verdicts(_table(lambda d: 0.6 + 0.1 * (d >= 8), noise=0.005), **FAST)
+    assert w.under.verdict == H.SUPPORTED and w.over.verdict == H.NOT_SHOWN
+    assert w.verdict == H.UNDER_ONLY
 
 
 def test_auc_that_keeps_rising_contradicts():
@@ -145,8 +153,10 @@ def test_holm_adjustment_across_strata():
     both = pd.concat([a, b], ignore_index=True)
     raw = H.verdicts(both, adjust=None, **FAST)
     adj = H.verdicts(both, **FAST)
-    assert raw[1].p_value == raw[1].over.p_value
-    assert adj[1].p_value == pytest.approx(S.holm([raw[0].over.p_value, raw[1].over.p_value])[1])
+    assert raw[1].over.p_adjusted == raw[1].over.p_value
+    expected = S.holm([raw[0].over.p_value, raw[1].over.p_value])[1]
+    assert adj[1].over.p_adjusted == pytest.approx(expected)
+    assert adj[1].p_value == max(adj[1].over.p_adjusted, adj[1].under.p_adjusted)
     assert adj[1].p_value >= raw[1].p_value
     assert S.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     with pytest.raises(ValueError, match="alpha"):
@@ -237,10 +247,18 @@ def test_two_level_uncertainty_with_per_image_scores():
     assert both.uncertainty.n_test_images == 100 and "DeLong" in both.uncertainty.note
     width = lambda v: v.effect_ci[1] - v.effect_ci[0]  # noqa: E731
     assert width(both) > width(seeds_only)
-    # one seed: the test-set level alone still gives a test
+    assert "less the model x image interaction" in both.uncertainty.note
+    # one seed: the test images alone can only speak of these trained models, so no
+    # verdict word, no d*; the conditional result is in the reason
     one = df[df["seed"] == 0]
     (v,) = H.verdicts(one, scores, **FAST)
-    assert v.verdict != H.NOT_TESTED and v.uncertainty.df == 0
+    assert v.verdict == H.NOT_TESTED and v.uncertainty.df == 0
+    assert "conditional on these trained models" in v.over.reason
+    assert "1 seed: training noise unmeasured" in v.over.reason
+    assert "conditional" in v.uncertainty.note and v.best_set == ()
+    assert v.best_text().startswith("no best latent_dim") and "d* =" not in v.headline()
+    row = H.verdicts_table([v]).iloc[0]
+    assert row["branch"] == "inverted U" and pd.isna(row["best_latent_dim"])
     # scores from another test set are refused with the reason
     other = scores.assign(label=1 - scores["label"])
     (w,) = H.verdicts(df, pd.concat([scores, other.assign(index=other["index"])]), **FAST)
@@ -274,43 +292,118 @@ def test_prediction_rules():
 # ------------------------------------------------------------------ entropy at fixed d
 
 
-def _fixed(slope, n=24, dims=(64,), seed=0):
+def _knob_table(auc_by_level, *, model="vae", knob="kl_weight", values=(1e-4, 1e-3, 1e-2, 3e-2),
+                entropy_slope=-1.0, seeds=3, plain_auc=None, seed=0, **extra):  # fmt: skip
+    """One data set, one model at latent_dim 64: AUC per knob level (+ noise 0.005),
+    entropy moving by ``entropy_slope`` per level; a plain AE of the same architecture
+    as level 0 when ``plain_auc`` is given."""
     rng = np.random.default_rng(seed)
-    h = rng.uniform(0, 4, size=n)
-    return pd.DataFrame(
-        dict(
-            dataset="toy",
-            model="vae",
-            latent_dim=np.resize(np.array(dims), n),
-            seed=np.arange(n),
-            status="completed",
-            latent_entropy_gaussian=h,
-            auc=0.8 + slope * h + 0.005 * rng.normal(size=n),
-        )
-    )
+    rows = []
+    for i, (v, a) in enumerate(zip(values, auc_by_level)):
+        for s in range(seeds):
+            rows.append({"dataset": "toy", "model": model, "latent_dim": 64, "seed": s,
+                         knob: v, "status": "completed", "hidden_dim": 256,
+                         "auc": a + 0.005 * rng.normal(),
+                         "latent_entropy_gaussian": 10 + entropy_slope * (i + 1)
+                         + 0.1 * rng.normal(), **extra})  # fmt: skip
+    if plain_auc is not None:
+        for s in range(seeds):
+            rows.append({"dataset": "toy", "model": "ae", "latent_dim": 64, "seed": s,
+                         "status": "completed", "hidden_dim": 256,
+                         "auc": plain_auc + 0.005 * rng.normal(),
+                         "latent_entropy_gaussian": 10 + 0.1 * rng.normal()})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
-def test_entropy_at_fixed_latent_dim():
-    (t,) = H.fixed_latent_dim_tests(_fixed(-0.02), n_perm=2000)
-    assert t.verdict == H.SUPPORTED and t.rho < -0.8 and t.p_value < 0.01
-    assert t.groups == {64: 24} and "lower entropy" in t.reason
-    (u,) = H.fixed_latent_dim_tests(_fixed(0.02, dims=(32, 64)), n_perm=2000)
-    assert u.verdict == H.CONTRADICTED and u.groups == {32: 12, 64: 12}
-    (w,) = H.fixed_latent_dim_tests(_fixed(-0.02, n=3), n_perm=200)
-    assert w.verdict == H.NOT_TESTED and "too few" in w.reason
-    # entropy that only moves with latent_dim (one trial per latent_dim): nothing to test
-    (x,) = H.fixed_latent_dim_tests(_table(_inverted_u, seeds=(0,)), n_perm=200)
-    assert x.verdict == H.NOT_TESTED
-
-
-def test_fixed_latent_dim_permutes_within_groups_only():
-    # entropy and AUC both shift with latent_dim but are unrelated within it: pooled
-    # across groups they correlate; within groups they do not
-    rng = np.random.default_rng(2)
-    df = _fixed(0.0, n=40, dims=(16, 64), seed=2)
-    shift = (df["latent_dim"] == 64).to_numpy()
-    df["latent_entropy_gaussian"] += 10 * shift
-    df["auc"] = 0.7 + 0.1 * shift + 0.005 * rng.normal(size=len(df))
+def test_entropy_knob_per_model_with_the_plain_ae_as_level_zero():
+    df = _knob_table([0.82, 0.85, 0.84, 0.74], plain_auc=0.80)
     (t,) = H.fixed_latent_dim_tests(df, n_perm=2000)
-    assert stats.spearmanr(df["latent_entropy_gaussian"], df["auc"]).statistic > 0.7
-    assert t.verdict == H.NOT_SHOWN and abs(t.rho) < 0.4
+    assert (t.dataset, t.model, t.latent_dim, t.knob) == ("toy", "vae", 64, "kl_weight")
+    assert t.levels[0] == "ae (level 0)" and t.levels[1] == "kl_weight = 0.0001"
+    assert t.counts == (3, 3, 3, 3, 3) and t.manipulation_rho < -0.8
+    assert t.manipulation_p < 0.01
+    assert t.verdict == H.SUPPORTED and t.best_level == "kl_weight = 0.001"
+    assert t.effect == pytest.approx(0.05, abs=0.015) and t.effect_ci[0] > 0
+    # the collapse at the strongest level is the expected under-capacity side
+    assert "collapses at the strongest level" in t.reason and "not evidence against" in t.reason
+    assert "vae, latent_dim 64: supported" in t.describe()
+
+
+def test_entropy_knob_words():
+    # the least regularised level beats every other: contradicted (intersection-union)
+    (c,) = H.fixed_latent_dim_tests(_knob_table([0.90, 0.84, 0.80, 0.76]), n_perm=2000)
+    assert c.verdict == H.CONTRADICTED and c.p_weakest_best < 0.05
+    # flat then a collapse at the strongest level only: not contradicted
+    (f,) = H.fixed_latent_dim_tests(_knob_table([0.85, 0.85, 0.85, 0.70]), n_perm=2000)
+    assert f.verdict == H.NOT_SHOWN and "collapses at the strongest" in f.reason
+    # the knob did not lower entropy: the manipulation check refuses
+    flat_h = _knob_table([0.80, 0.85, 0.85, 0.85], entropy_slope=0.0)
+    (m,) = H.fixed_latent_dim_tests(flat_h, n_perm=2000)
+    assert m.verdict == H.NOT_TESTED and "did not lower entropy" in m.reason
+    # one trial per level: no replicate
+    (o,) = H.fixed_latent_dim_tests(_knob_table([0.8, 0.85, 0.85, 0.85], seeds=1), n_perm=200)
+    assert o.verdict == H.NOT_TESTED and "fewer than 2 trials" in o.reason
+    # MemAE's memory regularises more when smaller: levels run from large to small
+    mem = _knob_table([0.8, 0.85, 0.85, 0.85], model="memae", knob="mem_size",
+                      values=(100, 50, 25, 10))  # fmt: skip
+    (r,) = H.fixed_latent_dim_tests(mem, n_perm=2000)
+    assert r.levels[0] == "mem_size = 100" and r.levels[-1] == "mem_size = 10"
+    # a plain AE alone (nothing varies but the seed) is a level, not a test
+    assert H.fixed_latent_dim_tests(_table(_inverted_u, dims=(64,)), n_perm=200) == []
+
+
+def test_entropy_models_are_never_pooled():
+    # the VAE has lower entropy and lower AUC than the constrained AE, and within each
+    # model AUC does not depend on the knob: neither model says anything
+    vae = _knob_table([0.80] * 4, seed=1)
+    cae = _knob_table([0.83] * 3, model="constrained_ae", knob="constraint_weight",
+                      values=(0.01, 1.0, 10.0), seed=2)  # fmt: skip
+    cae["latent_entropy_gaussian"] += 5
+    out = H.fixed_latent_dim_tests(pd.concat([vae, cae], ignore_index=True), n_perm=2000)
+    assert [t.model for t in out] == ["vae", "constrained_ae"]
+    assert all(t.verdict == H.NOT_SHOWN for t in out), [t.reason for t in out]
+    table = H.verdicts_table([], out, alpha=0.05)
+    assert list(table["branch"]) == ["fixed latent_dim"] * 2
+    assert list(table["knob"]) == ["kl_weight", "constraint_weight"]
+
+
+# ------------------------------------------------------------------ variance model
+
+
+def test_moderation_pools_equal_variances_and_keeps_unequal_ones():
+    rng = np.random.default_rng(0)
+    equal = rng.chisquare(4, size=(2000, 8)) / 4
+    post, d0 = S.moderate(equal, np.full(8, 4))
+    assert np.mean(np.isinf(d0)) > 0.4  # no spread beyond chance: one common value
+    assert np.mean(post) == pytest.approx(1.0, abs=0.1)
+    sigma2 = np.geomspace(0.1, 10, 8)
+    spread = sigma2 * rng.chisquare(20, size=(2000, 8)) / 20
+    post, d0 = S.moderate(spread, np.full(8, 20))
+    assert np.median(d0) < 100
+    assert np.all(np.diff(np.median(post, axis=0)) > 0)  # the order survives moderation
+    assert S.trigamma_inverse(np.array([special.polygamma(1, 0.7)]))[0] == pytest.approx(0.7, 1e-4)
+
+
+def test_test_image_interaction_is_taken_out_of_the_seed_variance():
+    # no training noise: the seed variance measured on one test set is the model x image
+    # interaction alone, which the image level estimates
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(150), np.ones(150)].astype(bool)
+    image = rng.normal(size=300)
+    draws = []
+    for _ in range(200):
+        scores = image + labels + 0.5 * rng.normal(size=(4, 300))
+        v10, _ = S.delong_components(scores, labels)
+        lv = image_level(scores, labels, [4])
+        draws.append((np.var(v10.mean(axis=1), ddof=1), lv.interaction[0]))
+    s2, inter = np.array(draws).T
+    assert np.mean(inter) == pytest.approx(np.mean(s2), rel=0.2)
+
+
+def test_a_strata_numbers_do_not_depend_on_the_other_strata():
+    a = _table(_inverted_u)
+    b = _table(lambda d: 0.7, noise=0.01, rng_seed=3).assign(dataset="other", stratum="other/ae")
+    (alone,) = H.verdicts(a, adjust=None, **FAST)
+    first, _ = H.verdicts(pd.concat([a, b], ignore_index=True), adjust=None, **FAST)
+    assert (alone.over.p_value, alone.under.p_value) == (first.over.p_value, first.under.p_value)
+    assert alone.over.effect_ci == first.over.effect_ci and alone.best_set == first.best_set

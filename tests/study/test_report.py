@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from study import hypothesis as H
+from study import stats as S
 from study.report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
@@ -53,20 +55,32 @@ def test_report_has_verdicts_and_one_plotly_copy(run_dir, report_text):
     # the verdict in words and numbers: the test, alpha, p (Holm), the effect, the data used
     for ds in ("phantom-k6", "RSNA"):
         assert f'{ds} <span class="muted">/ ae</span>' in text
-        assert f"{ds}/ae: supported: over-capacity drop: studentised max-t" in text
+        assert f"{ds}/ae: supported: inverted U: over- and under-capacity drops" in text
+        assert "over-capacity drop: studentised max-t vs the largest latent_dim" in text
     assert text.count('<span class="badge supported">supported</span></h3>') == 2
     assert "(Holm " in text and "α = 0.05" in text
     assert "best latent_dim d* = " in text and "not distinguishable from d* (95 %)" in text
+    assert "AUC effect [95 % CI]" in text  # the level used (alpha 0.05)
+    # the paper's Table 1 tested the same way, beside the study's RSNA verdict
+    assert "The paper's own Table 1, tested the same way" in text
+    paper = text[text.index("tested the same way") :]
+    row = paper[paper.index("<tr><td>RSNA</td>") :][:400]
+    assert "<span class=\"badge supported\">supported</span> <span class='small'>p " in row
+    assert "<td>4 {4, 8}</td>" in row  # the paper's d* and the latent_dims within reach
     assert "uncertainty from seeds and test images: DeLong covariance over" in text
     assert "image intrinsic dimension (TwoNN, training images)" in text
     assert "elbow of the validation reconstruction error" in text
     # the branch correlations are descriptions without a badge
     assert "Descriptions (no verdict" in text
     # the fixed-latent_dim section and the verdicts table beside the report
+    # (no entropy knob varies in this run: the section says so)
     assert "<h2>Entropy at fixed latent dimension</h2>" in text
+    assert "no model whose entropy knob varies at a fixed latent_dim" in text
     table = pd.read_csv(run_dir / "verdicts.csv")
-    assert set(table["verdict"]) <= {"supported", "not shown", "contradicted", "not tested"}
-    assert (table.loc[table["branch"] == "over-capacity", "verdict"] == "supported").all()
+    assert set(table["verdict"]) <= set(H.HEADLINES)
+    auc = table[table["metric"] == "auc"]
+    assert (auc.loc[auc["branch"] == "inverted U", "verdict"] == "supported").all()
+    assert (auc.loc[auc["branch"] == "over-capacity", "verdict"] == "supported").all()
     # no partial banner for a finished study whose trials all finished
     assert "Partial results" not in text
     # no leftover temporary files
@@ -170,7 +184,8 @@ def test_missing_optional_files_say_not_available(tmp_path):
         "Optuna optimisation history and parameter importances: not available",
     ):
         assert what in text
-    assert "toy/ae: not shown: over-capacity drop" in text  # d* = 8 of 2..16: a small drop
+    # d* = 8 of 2..16: the small over-capacity drop is not shown, so no inverted U
+    assert re.search(r"toy/ae: (not shown|under-capacity drop only): inverted U", text)
     assert text.count(PLOTLY_SIGNATURE) == 1
     assert "uncertainty from seeds: seeds only (per-image scores not given)" in text
 
@@ -312,7 +327,7 @@ def test_notebook_api_gives_the_reports_tables_verdicts_and_figures(run_dir, rep
     verdicts = run.verdicts(**FAST)
     assert [v.stratum for v in verdicts] == ["phantom-k6/ae", "RSNA/ae"]
     assert all(str(escape(v.headline())) in report_text for v in verdicts)
-    assert [t.dataset for t in run.fixed_latent_dim_tests(**FAST)] == ["phantom-k6", "RSNA"]
+    assert run.fixed_latent_dim_tests(**FAST) == []  # only the plain AE: no knob
 
     names = run.figures(**FAST)
     assert names[:4] == [
@@ -440,3 +455,29 @@ def test_statistics_refuse_a_metric_where_lower_is_better():
     with pytest.raises(ValueError, match="higher is better"):
         H.fixed_latent_dim_tests(df, metric="dice_threshold", n_perm=100)
     assert len(H.verdicts(df, metric="auc", n_sim=100, n_boot=0)) == 1
+
+
+def test_a_verdict_per_metric(run_dir, report_text):
+    import study
+
+    run = study.load_run(run_dir)
+    by = run.metric_verdicts(**FAST)
+    pairs = [(v.stratum, v.metric) for v in by]
+    assert pairs[:2] == [("phantom-k6/ae", "auc"), ("RSNA/ae", "auc")]
+    assert {("RSNA/ae", "pixel_ap"), ("RSNA/ae", "best_dice"), ("phantom-k6/ae", "ap")} <= set(
+        pairs
+    )
+    assert ("phantom-k6/ae", "pixel_ap") not in pairs  # no masks: no pixel verdict
+    # one Holm family over strata x metrics, per branch
+    raw = H.verdicts_by_metric(run.trials, run.scores, n_sim=FAST["n_sim"], adjust=None)
+    assert [v.over.p_adjusted for v in by] == pytest.approx(
+        S.holm([v.over.p_value for v in raw]), nan_ok=True
+    )
+    assert "A verdict per metric" in report_text and "d* {within reach}" in report_text
+    table = pd.read_csv(run_dir / "verdicts.csv")
+    assert {"auc", "ap", "pixel_ap", "best_dice"} <= set(table["metric"])
+    # the console headline stays image AUC: one line per stratum
+    from study.report import verdict_lines
+
+    heads = [x for x in verdict_lines(run_dir) if x.startswith("verdict ")]
+    assert len(heads) == 2

@@ -132,7 +132,7 @@ def test_report_renders_in_chromium(tmp_path):
 
         body = driver.find_element("tag name", "body").text
         assert "Verdicts" in body
-        assert "phantom-k6/ae: supported: over-capacity drop: studentised max-t" in body
+        assert "phantom-k6/ae: supported: inverted U: over- and under-capacity drops" in body
         assert "Partial results" not in body
 
         errors = [

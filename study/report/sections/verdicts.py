@@ -11,10 +11,12 @@ from study import hypothesis as H
 from study.report.context import Ctx
 from study.report.figures.style import ENTROPY_LABELS, MAX_PANELS
 from study.report.fragments import na
+from study.report.load import norm_label
 from study.report.page import Page, template
 from study.report.values import has_values
 
 ANCHOR, TITLE = "verdicts", "Verdicts"
+PAPER_RUNS = 3  # the paper's Table 1: mean and std over 3 runs
 
 
 def section(ctx: Ctx, page: Page) -> str:
@@ -23,9 +25,68 @@ def section(ctx: Ctx, page: Page) -> str:
         return na("Hypothesis tests", why)
     return template("verdicts.html").render(
         alpha=f"{ctx.verdicts[0].alpha:g}",
+        level=ctx.verdicts[0].level_text,
         cards=[_card(ctx, v) for v in ctx.verdicts],
+        paper=_paper_rows(ctx),
+        metrics=_metric_rows(ctx),
         robustness=_robustness(ctx),
     )
+
+
+def _metric_rows(ctx: Ctx) -> dict | None:
+    """The verdict per stratum x metric, and where the metrics disagree on d*."""
+    if len({v.metric for v in ctx.by_metric}) < 2:
+        return None
+    rows, disagree = [], []
+    for stratum in dict.fromkeys(v.stratum for v in ctx.by_metric):
+        mine = [v for v in ctx.by_metric if v.stratum == stratum]
+        for v in mine:
+            rows.append(dict(stratum=stratum, metric=v.metric, verdict=v.verdict,
+                             best=_best(v), p="–" if v.verdict == H.NOT_TESTED
+                             else f"p {H.format_p_clause(v.p_value)}"))  # fmt: skip
+        best = {v.metric: v.best_latent_dim for v in mine if v.verdict != H.NOT_TESTED}
+        if len(set(best.values())) > 1:
+            disagree.append(f"{stratum}: " + ", ".join(f"{m} {d}" for m, d in best.items()))
+    return dict(rows=rows, disagree=disagree)
+
+
+def _best(v: H.StratumVerdict) -> str:
+    if v.verdict == H.NOT_TESTED or v.best_latent_dim is None:
+        return "–"
+    within = " {" + ", ".join(str(d) for d in v.best_set) + "}" if v.best_set else ""
+    return f"{v.best_latent_dim}{within}"
+
+
+def _paper_rows(ctx: Ctx) -> list[dict]:
+    """The paper's Table 1 (image AUC, n = 3 runs per latent_dim) tested by the same
+    capacity test, beside each stratum whose data set label matches."""
+    if ctx.paper1 is None or not ctx.verdicts:
+        return []
+    ours = [v for v in ctx.verdicts if v.metric == "auc"]
+    labels = {norm_label(v.dataset) for v in ours}
+    table = ctx.paper1[ctx.paper1["_norm"].isin(labels)]
+    if table.empty:
+        return []
+    paper = H.verdicts_from_summary(table.assign(n=PAPER_RUNS), alpha=ours[0].alpha)
+    rows = []
+    for p in paper:
+        for v in ours:
+            if norm_label(v.dataset) == norm_label(p.dataset):
+                rows.append(
+                    dict(
+                        dataset=v.dataset,
+                        paper=p.verdict,
+                        paper_best=_best(p),
+                        paper_p=f"p {H.format_p_clause(p.p_value)}",
+                        model=v.model,
+                        ours=v.verdict,
+                        our_best=_best(v),
+                        our_p="–"
+                        if v.verdict == H.NOT_TESTED
+                        else f"p {H.format_p_clause(v.p_value)}",
+                    )  # fmt: skip
+                )
+    return rows
 
 
 def p_text(t: H.CapacityTest) -> str:
@@ -46,18 +107,26 @@ def effect_text(t: H.CapacityTest) -> str:
 
 
 def _card(ctx: Ctx, v: H.StratumVerdict) -> dict:
-    """The values of one stratum's line and card, as text."""
+    """The values of one stratum's line and card, as text (a ``not tested`` stratum
+    shows no d* and no agreement with it)."""
+    tested = v.verdict != H.NOT_TESTED
     return dict(
         dataset=v.dataset,
         model=v.model,
         colour=ctx.colours.get(v.dataset, "#444"),
         verdict=v.verdict,
-        best=v.best_latent_dim,
+        headline_p="–" if not tested else f"p {H.format_p_clause(v.p_value)}",
+        best=v.best_latent_dim if tested else None,
         best_set=list(v.best_set or []),
         level=v.uncertainty.level,
+        interval=v.level_text,
         glance_predictions=[
             f"{'intrinsic dim.' if 'intrinsic' in p.method else 'elbow'} "
-            + (f"{p.predicted} ({H.format_ratio(p.ratio)})" if p.predicted else "–")
+            + (
+                f"{p.predicted} ({H.format_ratio(p.ratio)})"
+                if p.predicted and tested
+                else (str(p.predicted) if p.predicted else "–")
+            )
             for p in v.predictions
         ],
         headline=v.headline(),
@@ -76,7 +145,7 @@ def _card(ctx: Ctx, v: H.StratumVerdict) -> dict:
             dict(
                 method=p.method,
                 predicted=p.predicted or "–",
-                observed=v.best_latent_dim or "–",
+                observed=(v.best_latent_dim if tested else None) or "–",
                 inside={True: "yes", False: "no", None: "–"}[p.inside],
                 lost=f"{p.auc_lost:.3f}" if math.isfinite(p.auc_lost) else "–",
                 reason=p.reason,
@@ -125,7 +194,7 @@ def _robustness(ctx: Ctx) -> dict | None:
     rows = []
     for v in ctx.verdicts[:MAX_PANELS]:
         g = ctx.done[ctx.done["_stratum"] == v.stratum]
-        if v.best_latent_dim is None or g.empty:
+        if v.best_latent_dim is None or v.verdict == H.NOT_TESTED or g.empty:
             continue
         over = g[g["latent_dim"] >= v.best_latent_dim]
         dims = over["latent_dim"].to_numpy(dtype=int)
@@ -133,7 +202,9 @@ def _robustness(ctx: Ctx) -> dict | None:
         cells = []
         for c in cols:
             h = pd.to_numeric(over[c], errors="coerce").to_numpy(dtype=float)
-            r = H.correlation(dims, h, y, branch="over-capacity", n_boot=300, seed=0)
+            r = H.correlation(
+                dims, h, y, branch="over-capacity", n_boot=300, seed=0, level=1 - v.alpha
+            )
             rho = "–" if not math.isfinite(r.rho) else f"{r.rho:+.2f}"
             ci = "" if not math.isfinite(r.ci_low) else f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
             cells.append((rho, ci))
