@@ -10,7 +10,9 @@ tolerances (FLOAT32_TOLERANCE)."""
 from __future__ import annotations
 
 import io
+import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -160,3 +162,102 @@ def test_fused_study_equals_the_unfused_one_and_resumes_only_missing_members(tmp
         assert model.config["model_params"]["latent_dim"] == row["latent_dim"]
     leftovers = list((more.run_dir / "tune").rglob("checkpoint_*"))
     assert not leftovers, leftovers
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture
+def float64():
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+# Metrics are computed on float32 casts of the (float64) models' outputs: runs whose
+# float64 numbers agree up to summation order agree in them up to float32 rounding.
+EXACT = {"rel": float(np.finfo(np.float32).eps), "abs": 1e-12}
+
+
+def same_records(expected, got, where, scalars_only=False):
+    """Records of float64 runs equal up to rounding (EXACT); timings aside.
+    ``scalars_only``: ``got`` holds the scalars only (a checkpoint's records.json)."""
+    assert [r["epoch"] for r in expected] == [r["epoch"] for r in got], where
+    for a, b in zip(expected, got):
+        if scalars_only:
+            a = {k: v for k, v in a.items() if not isinstance(v, (list, dict))}
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for key, va in a.items():
+            if key in ("elapsed_s", "train_time_s", "images_per_s", "examples"):
+                continue
+            if isinstance(va, float) and va != va:
+                assert b[key] != b[key], (where, key)
+            elif isinstance(va, (float, list)):
+                assert b[key] == pytest.approx(va, **EXACT), (where, key)
+            else:
+                assert b[key] == va, (where, key)
+
+
+def test_every_bundle_checkpoint_continues_each_member_exactly(tmp_path, float64, monkeypatch):
+    """A bundle of 3 members with 3 evaluations, through the trainable's reporter: every
+    checkpoint holds, for every member, its state at that evaluation beside its records up
+    to it; continued with fit(start_state=...), it gives the member's uninterrupted
+    records; the last checkpoint holds every member's final model."""
+    import dataclasses
+    import shutil
+
+    import torch
+    from ray import tune
+
+    import ae4ad
+    from ae4ad.fused import fit_many
+    from ae4ad.trained import load_checkpoint
+    from study.checkpoints import RECORDS_FILE
+    from study.trainable import report_bundle
+
+    data = ae4ad.load_dataset("phantom", **TINY_DATA)
+    data = dataclasses.replace(
+        data, train=data.train.double(), val=data.val.double(), test=data.test.double()
+    )
+    configs = [
+        {"model": "ae", "epochs": 6, "eval_every": 2, "batch_size": 16, "threads": 1,
+         "seed": seed, "model_params": {**TINY_AE, "latent_dim": d}}
+        for seed, d in ((0, 1), (1, 4), (2, 16))
+    ]  # fmt: skip
+    ids = [f"member-{k}" for k in range(len(configs))]
+    reports: list[tuple[dict, object]] = []
+
+    def report(metrics, checkpoint=None):  # what Tune would get; its checkpoint copied
+        copy = None
+        if checkpoint is not None:
+            copy = tmp_path / f"checkpoint_{len(reports)}"
+            shutil.copytree(checkpoint.path, copy)
+        reports.append((dict(metrics), copy))
+
+    monkeypatch.setattr(tune, "report", report)
+    report_bundle(configs, data, [{"trial_id": t} for t in ids], ("auc", "max"), {})
+    checkpoints = [c for _, c in reports if c is not None]
+    assert len(checkpoints) == 3  # one per evaluation (epochs 2, 4, 6)
+
+    uninterrupted = [list(ae4ad.fit(config, dataset=data)) for config in configs]
+    final_fused: dict[int, dict] = {}  # the bundle's last state of each member
+    for _ in fit_many(configs, dataset=data, state_out=lambda i, s, r: final_fused.update({i: s})):
+        pass
+    for epoch, folder in zip((2, 4, 6), checkpoints):
+        assert sorted(p.name for p in folder.iterdir()) == ids, epoch  # every member
+        for m, tid in enumerate(ids):
+            where = (tid, epoch)
+            state = load_checkpoint(folder / tid)
+            assert state["epoch"] == epoch, where
+            records = json.loads((folder / tid / RECORDS_FILE).read_text())
+            done = [r for r in uninterrupted[m] if r["epoch"] <= epoch]
+            same_records(done, records, where, scalars_only=True)
+            if epoch < 6:
+                rest = list(ae4ad.fit(configs[m], dataset=data, start_state=state))
+                same_records([r for r in uninterrupted[m] if r["epoch"] > epoch], rest, where)
+            else:  # the model the run keeps: the member's final state, bit for bit
+                for key, t in final_fused[m]["model"].items():
+                    assert torch.equal(state["model"][key], t), (where, key)
