@@ -5,7 +5,7 @@ Tolerance: members agree with separate runs up to float32 summation order. Asser
 here, after 3 epochs on a 32 px phantom: AUC within 2e-3 and AP within 3e-3 (absolute),
 training loss and validation reconstruction error within 1e-3 (relative; measured 1.1e-3
 absolute on a loss of ~1, i.e. ~2e-4 relative). tests/test_fused.py states the library's
-tolerances (FLOAT32_TOLERANCE)."""
+noise it allows (NOISE_FACTOR)."""
 
 from __future__ import annotations
 
@@ -261,3 +261,40 @@ def test_every_bundle_checkpoint_continues_each_member_exactly(tmp_path, float64
             else:  # the model the run keeps: the member's final state, bit for bit
                 for key, t in final_fused[m]["model"].items():
                     assert torch.equal(state["model"][key], t), (where, key)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_estimates_time_left_while_bundles_run(tmp_path, monkeypatch):
+    """Two bundles of 8 trials, 60 epochs, evaluated at 30 and 60: the estimate is there
+    from the first evaluation on, the summary names the bundles, and the estimate does
+    not jump when a bundle's members finish together."""
+    from study import progress as progress_module
+    from study.progress import Progress
+
+    space = load_space(str(write_space(tmp_path, grid(latent_dims=(1, 2, 4, 8)))))
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    ids = [f"t{k}" for k in range(16)]
+    out = io.StringIO()
+    progress = Progress(space, 16, {}, {}, out, 3600.0, epochs=dict.fromkeys(ids, 60))
+    progress.tick([8, 8])
+    assert "running: 2 bundles (16 trials)" in progress.summary()
+    assert "estimated after the first evaluation" in progress.summary()
+    now[0] = 100.0  # both bundles at epoch 30: half the work in 100 s
+    for tid in ids:
+        progress.advanced(tid, 30)
+    assert "~1:40 left" in progress.summary()
+    now[0] = 150.0  # the first bundle done (epoch 60), the second not yet
+    for tid in ids[:8]:
+        progress.advanced(tid, 60)
+    before = progress.summary().rsplit("|", 1)[1]
+    for tid in ids[:8]:
+        progress.finished({"trial_id": tid, "status": "completed", "stratum": "s", "auc": 0.5})
+    after = progress.summary().rsplit("|", 1)[1]
+    assert before == after and "~0:50 left" in after, (before, after)
+    progress.tick([8])
+    assert "8/16 done, running: 1 bundle (8 trials)" in progress.summary()
+    progress.tick([8, 1])
+    assert "running: 1 bundle (8 trials), 1 trial" in progress.summary()
