@@ -145,8 +145,8 @@ def _why_no_model(run_dir: Path, row: dict[str, Any]) -> str:
         return "the run's --keep-models best keeps the best trial of each stratum only"
     if policy == "all":
         return (
-            "the run kept none although its --keep-models all keeps every trial's: its last "
-            "checkpoint did not reach the run (the run's end names the cause)"
+            "the run folder holds none although --keep-models all keeps every completed "
+            "trial's model (the run's end names the cause in a warning line)"
         )
     return "the run recorded no --keep-models (it keeps models from --keep-models best/all)"
 

@@ -298,3 +298,65 @@ def test_progress_estimates_time_left_while_bundles_run(tmp_path, monkeypatch):
     assert "8/16 done, running: 1 bundle (8 trials)" in progress.summary()
     progress.tick([8, 1])
     assert "running: 1 bundle (8 trials), 1 trial" in progress.summary()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_a_fused_grid_through_the_cli_keeps_every_model_for_predict(tmp_path, ray_session, capsys):
+    """Two bundles (two strata) of 3 members, evaluated twice, run by the command line:
+    --keep-models all keeps one readable model per trial; predict --trial best and
+    best-per-stratum work on the run folder; the run's end names a model that went
+    missing and why, and predict says the true cause."""
+    import ae4ad
+    from study.cli import main
+
+    body = grid(name="fusedcli", latent_dims=(1, 2, 4), seeds=(0,))
+    body["models"].append(
+        {"name": "ae", "label": "ae-small", "params": {"latent_dim": [1, 2, 4], "num_blocks": 3,
+                                                       "hidden_dim": 16}}
+    )  # fmt: skip
+    body["training"] = {"epochs": 4, "eval_every": 2, "batch_size": 16}
+    path = write_space(tmp_path, body)
+    base = ["--space", str(path), "--no-report", "--progress-every", "3600"]
+    assert main([*base, "--keep-models", "all", "--override", "resources.fuse=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "fused: 6 trials in 2 bundles of up to 3 members" in printed, printed
+    assert "warning" not in printed, printed
+    run = tmp_path / "runs" / "fusedcli"
+    trials = pd.read_parquet(run / "trials.parquet").set_index("trial_id")
+    assert len(trials) == 6 and (trials["status"] == "completed").all()
+    assert trials["bundle_id"].nunique() == 2
+    assert trials["checkpoint_path"].tolist() == [f"models/{t}.pt" for t in trials.index]
+    assert (trials["checkpoint_epoch"] == 4).all()
+    assert sorted(p.stem for p in (run / "models").glob("*.pt")) == sorted(trials.index)
+    assert "in 6 files" in printed, printed  # the disk line
+    for tid, row in trials.iterrows():
+        model = ae4ad.load_trained(run, tid)
+        assert model.config["model_params"]["latent_dim"] == row["latent_dim"], tid
+
+    images = tmp_path / "images"
+    assert main(["export-images", "--run", str(run), "--out", str(images)]) == 0
+    for which, n in (("best", 1), ("best-per-stratum", 2)):
+        out = tmp_path / which
+        argv = ["predict", "--run", str(run), "--trial", which, str(images), "--out", str(out)]
+        assert main([*argv, "--no-maps"]) == 0, which
+        assert pd.read_csv(out / "scores.csv")["trial_id"].nunique() == n, which
+
+    # a kept model deleted, another one damaged: the run's end says which and why
+    gone, damaged = trials.index[0], trials.index[1]
+    (run / "models" / f"{gone}.pt").unlink()
+    (run / "models" / f"{damaged}.pt").write_bytes(b"not a model")
+    capsys.readouterr()
+    assert main([*base, "--keep-models", "all", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    warnings = [line for line in printed.splitlines() if line.startswith("warning: trial")]
+    assert len(warnings) == 2, printed
+    assert f"trial {gone} " in warnings[0] + warnings[1]
+    assert any(gone in w and "missing from the run folder" in w for w in warnings), warnings
+    assert any(damaged in w and "cannot read" in w for w in warnings), warnings
+    assert "models" in printed and "in 5 files" in printed, printed  # the files there
+    argv = ["predict", "--run", str(run), "--trial", gone, str(images), "--out", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--keep-models all keeps every completed trial's" in err, err
