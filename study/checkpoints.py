@@ -300,6 +300,9 @@ class ModelKeeper:
                 data = f.read()
             records = _read_json(fs, posixpath.join(folder, RECORDS_FILE))
             epoch = int(records[-1]["epoch"])
+        except FileNotFoundError:
+            self.why_missing[trial_id] = f"its last checkpoint holds no {MODEL_FILE} ({folder})"
+            return None
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             text = " ".join(str(exc).split())[:200]
             self.why_missing[trial_id] = (
