@@ -239,14 +239,22 @@ class _BundleReporter:
         self.ids, self.metric = ids, objective[0]
         self.histories: list[list[dict]] = [[] for _ in ids]
         self.pending: list[tuple[int, dict, dict | None]] = []
+        self.alive = set(range(len(ids)))  # members that have not diverged
         self.checkpoints = True
 
     def add(self, i: int, out: dict[str, Any], state: dict | None) -> None:
         """Member ``i``'s record ``out`` with its training state at that record (None
-        when it has none: a diverged member)."""
+        when it has none: a diverged member). An epoch's records go to Tune as soon as
+        every member still training has reported one (at an evaluation epoch each does),
+        else when the next epoch's first record comes."""
         if self.pending and self.pending[-1][1].get("epoch") != out.get("epoch"):
             self.flush()
         self.pending.append((i, out, state))
+        complete = {j for j, *_ in self.pending} >= self.alive
+        if out.get("status") == "diverged":
+            self.alive.discard(i)
+        if complete:
+            self.flush()
 
     def flush(self) -> None:
         from ray import tune

@@ -213,6 +213,7 @@ def test_every_bundle_checkpoint_continues_each_member_exactly(tmp_path, float64
     from ray import tune
 
     import ae4ad
+    import ae4ad.fused
     from ae4ad.fused import fit_many
     from ae4ad.trained import load_checkpoint
     from study.checkpoints import RECORDS_FILE
@@ -229,8 +230,17 @@ def test_every_bundle_checkpoint_continues_each_member_exactly(tmp_path, float64
     ]  # fmt: skip
     ids = [f"member-{k}" for k in range(len(configs))]
     reports: list[tuple[dict, object]] = []
+    trained = [0]  # the epoch of the latest record the bundle has yielded
+    real_fit_many = ae4ad.fused.fit_many
+
+    def fit_many_watched(*args, **kwargs):
+        for i, record in real_fit_many(*args, **kwargs):
+            trained[0] = record["epoch"]
+            yield i, record
 
     def report(metrics, checkpoint=None):  # what Tune would get; its checkpoint copied
+        # an evaluation reaches Tune before the bundle trains on
+        assert metrics["epoch"] == trained[0], (metrics["epoch"], trained[0])
         copy = None
         if checkpoint is not None:
             copy = tmp_path / f"checkpoint_{len(reports)}"
@@ -238,9 +248,11 @@ def test_every_bundle_checkpoint_continues_each_member_exactly(tmp_path, float64
         reports.append((dict(metrics), copy))
 
     monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(ae4ad.fused, "fit_many", fit_many_watched)
     report_bundle(configs, data, [{"trial_id": t} for t in ids], ("auc", "max"), {})
     checkpoints = [c for _, c in reports if c is not None]
     assert len(checkpoints) == 3  # one per evaluation (epochs 2, 4, 6)
+    assert len(reports) == 9
 
     uninterrupted = [list(ae4ad.fit(config, dataset=data)) for config in configs]
     final_fused: dict[int, dict] = {}  # the bundle's last state of each member
@@ -360,3 +372,27 @@ def test_a_fused_grid_through_the_cli_keeps_every_model_for_predict(tmp_path, ra
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--keep-models all keeps every completed trial's" in err, err
+
+
+def test_a_bundle_reports_an_epoch_once_every_live_member_has(monkeypatch):
+    """The reporter hands an epoch's records to Tune when every member still training has
+    reported (a diverged member is no longer waited for), not one evaluation late."""
+    from ray import tune
+
+    from study.trainable import _BundleReporter
+
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        tune, "report", lambda m, checkpoint=None: sent.append((m["epoch"], m["member"]))
+    )
+    reporter = _BundleReporter(["a", "b", "c"], ("auc", "max"))
+    record = lambda e, m, status="running": {"epoch": e, "member": m, "status": status}  # noqa: E731
+    reporter.add(1, record(1, "b", "diverged"), None)  # between evaluations
+    assert sent == []  # the others may still report epoch 1
+    reporter.add(0, record(2, "a"), None)
+    assert sent == [(1, "b")]
+    reporter.add(2, record(2, "c"), None)
+    assert sent == [(1, "b"), (2, "a"), (2, "c")]  # a and c: all that still train
+    reporter.add(0, record(4, "a"), None)
+    reporter.add(2, record(4, "c"), None)
+    assert sent[-2:] == [(4, "a"), (4, "c")]
