@@ -22,7 +22,9 @@ them together; every member is the same computation as its own :func:`ae4ad.fit`
   code of :func:`ae4ad.fit`, so records have the same keys and meaning.
 
 Results agree with separate runs up to floating-point summation order (grouped and
-batched kernels add in another order); ``tests/test_fused.py`` states the tolerance.
+batched kernels add in another order): in float64 to rounding, in float32 within the
+noise that another thread count or another CPU's kernels bring to a separate run
+(``tests/test_fused.py`` measures it and bounds the fused run's error by it).
 Speed (``benchmarks/fused_throughput.py``): on the CPU fusion pays for small models
 (latent.yaml's 32 px AE, per-operator overhead dominates) and costs for the paper's
 64 px AE (grouped convolutions of that width are slower than dense ones).
@@ -381,8 +383,10 @@ def fit_many(
     ``images_per_s`` the member's images over it (their sum is the bundle's throughput).
 
     ``state_out(i, state, record)``: called at every evaluation of member ``i`` (not for
-    a diverged one) before its record is yielded, with the state its own :func:`ae4ad.fit`
-    run would give its ``state_out`` (weights, its share of Adam, its RNG states, timers):
+    a diverged one) right before that record is yielded (so the state that came last
+    before member ``i``'s record is that record's; the next member's state comes before
+    the next member's record), with the state its own :func:`ae4ad.fit` run would give
+    its ``state_out`` (weights, its share of Adam, its RNG states, timers):
     ``fit(configs[i], start_state=state)`` continues that member alone. A fused bundle
     does not restart from states; an interrupted bundle's members continue separately.
 

@@ -234,6 +234,7 @@ class ModelKeeper:
         self.tune_storage = tune_storage
         self.earlier = {k: list(v) for k, v in (earlier or {}).items()}
         self.models_dir = Path(tables.run_dir) / MODELS_DIR
+        self.why_missing: dict[str, str] = {}  # trial id -> why its model was not kept
 
     # ------------------------------------------------------------------ per trial
 
@@ -265,8 +266,14 @@ class ModelKeeper:
         policy no longer keeps, delete its Tune checkpoints. Returns the kept path."""
         row = self.tables.get(trial_id)
         kept = None
-        if row is not None and checkpoint is not None and self._wanted(row):
-            kept = self._copy(trial_id, checkpoint)
+        if row is not None and self._wanted(row):
+            if checkpoint is None:
+                self.why_missing[trial_id] = (
+                    "Ray Tune holds no checkpoint of it (it reported none: see the "
+                    "checkpoint_error column)"
+                )
+            else:
+                kept = self._copy(trial_id, checkpoint)
         if self.policy == "best" and kept is not None:
             self.prune()
         folders = list(self.earlier.pop(trial_id, []))
@@ -293,7 +300,14 @@ class ModelKeeper:
                 data = f.read()
             records = _read_json(fs, posixpath.join(folder, RECORDS_FILE))
             epoch = int(records[-1]["epoch"])
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
+        except FileNotFoundError:
+            self.why_missing[trial_id] = f"its last checkpoint holds no {MODEL_FILE} ({folder})"
+            return None
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            text = " ".join(str(exc).split())[:200]
+            self.why_missing[trial_id] = (
+                f"its last checkpoint ({folder}) did not read: {type(exc).__name__}: {text}"
+            )
             return None
         self.models_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.models_dir / f"{trial_id}.pt", data)
@@ -317,10 +331,37 @@ class ModelKeeper:
                 file.unlink()
                 deleted += 1
             if not file.is_file():
+                if self._wanted(row):
+                    self.why_missing[str(row["trial_id"])] = (
+                        f"{path} is missing from the run folder (deleted or moved after the "
+                        "run kept it)"
+                    )
                 self.tables.set_values(
                     str(row["trial_id"]), checkpoint_path=None, checkpoint_epoch=None
                 )
         return deleted
+
+    def missing_models(self) -> list[tuple[str, str]]:
+        """(trial id, why) of every finished trial the policy keeps a model of whose
+        model file is missing or does not load (:func:`ae4ad.load_trained`)."""
+        from ae4ad.trained import TrainedModelError, load_trained
+
+        missing = []
+        for row in self.tables.rows():
+            if not self._wanted(row):
+                continue
+            tid, path = str(row["trial_id"]), row.get("checkpoint_path")
+            if not isinstance(path, str) or not path:
+                why = self.why_missing.get(tid, "no model was kept for it (no reason recorded)")
+                missing.append((tid, why))
+                continue
+            try:
+                load_trained(Path(self.tables.run_dir) / path)
+            except TrainedModelError as exc:
+                missing.append((tid, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - any unloadable file: say why
+                missing.append((tid, f"{path} does not load: {type(exc).__name__}: {exc}"))
+        return missing
 
     def finalize(self, finished: bool) -> int:
         """End of a session: prune the models; when the study has finished, delete

@@ -120,9 +120,35 @@ def resolve_trials(run_dir: str | os.PathLike, which: str) -> list[dict[str, Any
         if not isinstance(path, str) or not (run_dir / path).is_file():
             raise PredictError(
                 f"{run_dir}: trial {row.get('trial_id')} has no kept model (models/"
-                f"{row.get('trial_id')}.pt; the run's --keep-models did not keep it)"
+                f"{row.get('trial_id')}.pt): {_why_no_model(run_dir, row)}"
             )
     return chosen
+
+
+def _why_no_model(run_dir: Path, row: dict[str, Any]) -> str:
+    """Why the run folder holds no model of the trial ``row``: the file gone, the
+    trial's status, or the ``--keep-models`` of the run's last session."""
+    from study.checkpoints import KEPT_STATUSES
+    from study.results import read_meta
+
+    path = row.get("checkpoint_path")
+    if isinstance(path, str) and path:
+        return f"{path} is missing from the run folder (deleted or moved after the run kept it)"
+    status = row.get("status")
+    if status not in KEPT_STATUSES:
+        return f"it ended {status}; a run keeps models of {' and '.join(KEPT_STATUSES)} trials only"
+    sessions = read_meta(run_dir).get("sessions") or [{}]
+    policy = sessions[-1].get("keep_models")
+    if policy == "none":
+        return "the run's --keep-models none keeps no model"
+    if policy == "best":
+        return "the run's --keep-models best keeps the best trial of each stratum only"
+    if policy == "all":
+        return (
+            "the run folder holds none although --keep-models all keeps every completed "
+            "trial's model (the run's end names the cause in a warning line)"
+        )
+    return "the run recorded no --keep-models (it keeps models from --keep-models best/all)"
 
 
 def _read_labels(spec: str, files: Sequence[Path], roots: Sequence[Path]) -> np.ndarray:

@@ -1,12 +1,18 @@
 """Progress of a running study on the console: one line per finished trial (status,
 stratum, the parameters that tell trials apart, the objective, time left) and a summary
-line every ``progress_interval_s`` seconds."""
+line every ``progress_interval_s`` seconds.
+
+Time left comes from training epochs: the epochs the session has trained so far (every
+trial's, a fused bundle's members each, as their evaluations report them) over the time
+it took, against the epochs still to train. So it is there from the first evaluation on,
+also while bundles run, and it does not jump when a bundle's members finish together
+(their epochs were counted at their evaluations)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from study.results import FINISHED_STATUSES
@@ -39,7 +45,10 @@ class Progress:
         best: Mapping[str, float],
         out: TextIO,
         interval_s: float,
+        epochs: Mapping[str, int] | None = None,
     ) -> None:
+        """``epochs``: the planned epochs of each trial id to run (an Optuna search's
+        trials not yet asked for count as their mean)."""
         self.total = total
         self.out = out
         self.interval_s = interval_s
@@ -48,7 +57,12 @@ class Progress:
         self.counts = {s: int(already_done.get(s, 0)) for s in FINISHED_STATUSES}
         self.done_before = sum(self.counts.values())
         self.best: dict[str, float] = dict(best)
-        self.running = 0
+        self.running: list[int] = []  # trials in each running Ray Tune trial
+        self.planned = {str(k): int(v) for k, v in (epochs or {}).items()}
+        self.typical = sum(self.planned.values()) / len(self.planned) if self.planned else None
+        self.trained: dict[str, int] = {}  # epochs trained in this session, by trial id
+        self.resumed_from: dict[str, int] = {}
+        self.ended: set[str] = set()
         self.started = time.monotonic()
         self.last_line = self.started
         self.show = _shown_keys(space)
@@ -62,7 +76,14 @@ class Progress:
             return True
         return new > old if self.mode == "max" else new < old
 
+    def advanced(self, trial_id: str, epoch: int, resumed_from: int = 0) -> None:
+        """Trial ``trial_id`` reported its record of ``epoch``, continuing from a
+        checkpoint of epoch ``resumed_from`` (0: from scratch)."""
+        self.resumed_from[trial_id] = int(resumed_from)
+        self.trained[trial_id] = max(0, int(epoch) - int(resumed_from))
+
     def finished(self, row: Mapping[str, Any]) -> None:
+        self.ended.add(str(row.get("trial_id")))
         status = row["status"]
         self.counts[status] = self.counts.get(status, 0) + 1
         value = row.get(self.metric)
@@ -89,20 +110,45 @@ class Progress:
             f"{what}{took} | {self._eta()}"
         )
 
+    def _epochs_left(self, remaining: int) -> float | None:
+        """Epochs still to train for the ``remaining`` unfinished trials (None when the
+        planned epochs are unknown)."""
+        if self.typical is None:
+            return None
+        under_way = [t for t in self.trained if t not in self.ended]
+        left = 0.0
+        for tid in under_way:
+            planned = self.planned.get(tid, self.typical)
+            left += max(0.0, planned - self.resumed_from.get(tid, 0) - self.trained[tid])
+        return left + max(0, remaining - len(under_way)) * self.typical
+
     def _eta(self) -> str:
         elapsed = time.monotonic() - self.started
         done_now = self.done - self.done_before
         remaining = max(0, self.total - self.done)
-        if done_now > 0 and remaining > 0:
-            left = f", ~{_clock(elapsed / done_now * remaining)} left"
-        elif remaining == 0:
+        trained = sum(self.trained.values())
+        epochs_left = self._epochs_left(remaining)
+        if remaining == 0:
             left = ""
+        elif trained > 0 and epochs_left is not None:
+            left = f", ~{_clock(elapsed / trained * epochs_left)} left"
+        elif done_now > 0:
+            left = f", ~{_clock(elapsed / done_now * remaining)} left"
         else:
-            left = ", time left: estimated after the first trial"
+            left = ", time left: estimated after the first evaluation"
         return f"{_clock(elapsed)} elapsed{left}"
 
+    def _running_text(self) -> str:
+        bundles = [n for n in self.running if n > 1]
+        if not bundles:
+            return f"{len(self.running)} running"
+        alone = len(self.running) - len(bundles)
+        plural = "s" if len(bundles) != 1 else ""
+        text = f"running: {len(bundles)} bundle{plural} ({sum(bundles)} trials)"
+        return text + (f", {alone} trial{'s' if alone != 1 else ''}" if alone else "")
+
     def summary(self) -> str:
-        parts = [f"{self.done}/{self.total} done", f"{self.running} running"]
+        parts = [f"{self.done}/{self.total} done", self._running_text()]
         for status in ("errored", "diverged", "early-stopped"):
             if self.counts.get(status):
                 parts.append(f"{self.counts[status]} {status}")
@@ -112,8 +158,10 @@ class Progress:
             line += f" | best {self.metric}: {best}"
         return f"{line} | {self._eta()}"
 
-    def tick(self, running: int) -> None:
-        self.running = running
+    def tick(self, running: int | Sequence[int]) -> None:
+        """``running``: how many Ray Tune trials run, or the number of trials each
+        running one trains (a fused bundle's members)."""
+        self.running = [1] * running if isinstance(running, int) else [int(n) for n in running]
         if time.monotonic() - self.last_line >= self.interval_s:
             self._print(self.summary())
 

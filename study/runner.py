@@ -236,7 +236,10 @@ def _run_session(
     metric, mode = space.scheduler.metric, space.scheduler.mode
     best = best_so_far(tables.rows(), plan.belongs, metric, mode)
     counts = plan.counts(tables.rows())
-    progress = Progress(space, plan.total, counts, best, out, options.progress_interval_s)
+    epochs = {str(c["trial_id"]): int(c["epochs"]) for c in plan.todo if "epochs" in c}
+    progress = Progress(
+        space, plan.total, counts, best, out, options.progress_interval_s, epochs=epochs
+    )
     if plan.to_run <= 0:
         print("nothing to run: every planned trial has finished", file=out, flush=True)
         return
@@ -391,11 +394,19 @@ def _checkpoint_setup(
 
 def _finish_checkpoints(keeper: Any, status: str, out: TextIO) -> None:
     """End of a session: prune the kept models, drop the checkpoints of a finished
-    study, print what the run folder holds."""
+    study, say (one line each) which finished trials the policy keeps have no readable
+    model file and why, print what the run folder holds."""
     from study.results import disk_used_text
 
     try:
         keeper.finalize(finished=status == "finished")
+        for tid, why in keeper.missing_models():
+            print(
+                f"warning: trial {tid} has no readable kept model although --keep-models "
+                f"{keeper.policy} keeps it: {why}",
+                file=out,
+                flush=True,
+            )
         print(f"disk: {disk_used_text(keeper.tables.run_dir)}", file=out, flush=True)
     except Exception as exc:  # noqa: BLE001 - the tables are safe; say what failed
         print(f"warning: cleaning up checkpoints failed ({type(exc).__name__}: {exc})", file=out)

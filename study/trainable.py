@@ -182,7 +182,6 @@ def _train_bundle(
     (a trial checkpoint of its own)."""
     import ray
 
-    from ae4ad.fused import fit_many
     from study.fusion import MEMBERS_KEY
 
     members = list(config[MEMBERS_KEY])
@@ -197,32 +196,65 @@ def _train_bundle(
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra["gpu_ids"] = ",".join(gpu_ids)
+    report_bundle([fit_config(m) for m in members], data, members, objective, extra)
+
+
+def report_bundle(
+    configs: Sequence[Mapping[str, Any]],
+    data: Any,
+    members: Sequence[Mapping[str, Any]],
+    objective: tuple[str, str],
+    extra: Mapping[str, Any],
+) -> None:
+    """Train ``configs`` (the members' fit configs) as one fused bundle and report each
+    member's records to Tune (``tune.report``) with ``extra`` and ``member`` (its trial
+    id), an evaluation epoch at a time, the epoch's checkpoint holding every member that
+    has a state at it.
+
+    ``fit_many`` hands member ``i``'s state to ``state_out`` just before it yields that
+    member's record of the same evaluation, so each record is paired with the state
+    taken right before it: the checkpoint of evaluation ``e`` holds each member's state
+    at ``e`` beside its records up to ``e``."""
+    from ae4ad.fused import fit_many
+
     reporter = _BundleReporter([str(m["trial_id"]) for m in members], objective)
+    states: dict[int, dict] = {}
     fits = fit_many(
-        [fit_config(m) for m in members],
+        list(configs),
         dataset=data,
-        state_out=lambda i, state, record: reporter.states.__setitem__(i, state),
+        state_out=lambda i, state, record: states.__setitem__(i, state),
     )
     for i, record in fits:
-        reporter.add(i, {**reported(record, objective), **extra, "member": reporter.ids[i]})
+        out = {**reported(record, objective), **extra, "member": reporter.ids[i]}
+        reporter.add(i, out, states.pop(i, None))
     reporter.flush()
 
 
 class _BundleReporter:
     """Reports a bundle's records an evaluation epoch at a time, the checkpoint of all
-    its members with the epoch's last record."""
+    its members with the epoch's last record: each member's folder holds the state that
+    came with its record of that epoch and its records up to it."""
 
     def __init__(self, ids: list[str], objective: tuple[str, str]) -> None:
         self.ids, self.metric = ids, objective[0]
-        self.states: dict[int, dict] = {}
         self.histories: list[list[dict]] = [[] for _ in ids]
-        self.pending: list[tuple[int, dict]] = []
+        self.pending: list[tuple[int, dict, dict | None]] = []
+        self.alive = set(range(len(ids)))  # members that have not diverged
         self.checkpoints = True
 
-    def add(self, i: int, out: dict[str, Any]) -> None:
+    def add(self, i: int, out: dict[str, Any], state: dict | None) -> None:
+        """Member ``i``'s record ``out`` with its training state at that record (None
+        when it has none: a diverged member). An epoch's records go to Tune as soon as
+        every member still training has reported one (at an evaluation epoch each does),
+        else when the next epoch's first record comes."""
         if self.pending and self.pending[-1][1].get("epoch") != out.get("epoch"):
             self.flush()
-        self.pending.append((i, out))
+        self.pending.append((i, out, state))
+        complete = {j for j, *_ in self.pending} >= self.alive
+        if out.get("status") == "diverged":
+            self.alive.discard(i)
+        if complete:
+            self.flush()
 
     def flush(self) -> None:
         from ray import tune
@@ -234,20 +266,20 @@ class _BundleReporter:
         pending, self.pending = self.pending, []
         if not pending:
             return
-        for _, out in pending[:-1]:
+        for i, out, _ in pending:
+            drop = (REPLACED_KEY, "member")
+            kept = {k: v for k, v in out.items() if _is_scalar(v) and k not in drop}
+            if out.get(REPLACED_KEY):
+                kept[self.metric] = float("nan")
+            self.histories[i].append(kept)
+        for _, out, _ in pending[:-1]:
             tune.report(out)
         last = pending[-1][1]
-        if not (self.checkpoints and self.states):
+        if not (self.checkpoints and any(state is not None for *_, state in pending)):
             tune.report(last)
             return
         with tempfile.TemporaryDirectory(prefix="ae4ad-checkpoint-") as folder:
-            for i, out in pending:
-                drop = (REPLACED_KEY, "member")
-                kept = {k: v for k, v in out.items() if _is_scalar(v) and k not in drop}
-                if out.get(REPLACED_KEY):
-                    kept[self.metric] = float("nan")
-                self.histories[i].append(kept)
-                state = self.states.pop(i, None)
+            for i, _, state in pending:
                 if state is None:
                     continue
                 member = Path(folder) / self.ids[i]

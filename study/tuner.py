@@ -159,13 +159,15 @@ class Collector:
             records[:] = [r for r in records if int(r.get("epoch") or 0) < epoch]
         records.append(record)
         self.reported.add(trial.trial_id)
+        if isinstance(epoch, int):
+            self.progress.advanced(member, epoch, int(record.get("resumed_from_epoch") or 0))
         # Tune keeps each trial's last result in its experiment state, rewritten now and
         # then: the per-image lists live in the record only (Tune lets callbacks edit it)
         for key in _BULKY_KEYS:
             result.pop(key, None)
 
     def step(self, trials: Sequence[Any]) -> None:
-        self.progress.tick(sum(1 for t in trials if t.status == "RUNNING"))
+        self.progress.tick([len(_members(t)) for t in trials if t.status == "RUNNING"])
         self.tables.flush_if_due()
 
     def finish(self, trial: Any, error: str | None) -> None:

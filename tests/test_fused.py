@@ -1,14 +1,15 @@
 """fit_many (fused trials) against separate fit runs.
 
-In float64 the fused bundle gives the separate runs' records exactly (every metric is
-computed on float32 casts; measured difference 0.0). In float32 the grouped and batched
-kernels add in another order, and the differences grow with training; the float32 test
-states the tolerances measured on this phantom (see FLOAT32_TOLERANCE).
+In float64 the fused bundle gives the separate runs' records exactly, up to float64
+summation order (every metric is computed on float32 casts: EXACT). In float32 the
+grouped and batched kernels add in another order, and the differences grow with
+training; the float32 test measures the noise it must allow (see NOISE_FACTOR).
 """
 
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,10 @@ BASE = {
     "model_params": {"num_blocks": 3, "hidden_dim": 32, "base_width": 4},
 }
 TIMINGS = ("elapsed_s", "train_time_s", "images_per_s")
+# Metrics are computed on float32 casts of the models' outputs: float64 runs that agree up
+# to summation order (e.g. ATEN_CPU_CAPABILITY=default's grouped convolutions against
+# dense ones) agree in them up to float32 rounding.
+EXACT = {"rel": float(np.finfo(np.float32).eps), "abs_": 1e-12}
 
 
 def member_configs(model="ae", seeds=(0, 1, 2), latent_dims=LATENT_DIMS, **training):
@@ -92,7 +97,7 @@ def test_fused_equals_separate_fit_in_float64(phantom64, float64, model, trainin
         assert [r["latent_size"] for r in fused[m]] == [LATENT_DIMS[m]] * 2
         assert fused[m][-1]["status"] == "completed"
         # metrics are computed on float32 casts of float64 models: bit-equal here
-        assert_same_records(separate[m], fused[m], rel=1e-9, abs_=1e-12)
+        assert_same_records(separate[m], fused[m], **EXACT)
 
 
 def test_member_states_continue_as_separate_fit_runs(phantom64, float64):
@@ -106,50 +111,116 @@ def test_member_states_continue_as_separate_fit_runs(phantom64, float64):
     for m in (0, 1):
         again = list(fit(configs[m], dataset=phantom64, start_state=states[m][0]))
         # what the member's own run yields after epoch 2
-        assert_same_records(fused[m][1:], again, rel=1e-9, abs_=1e-12)
+        assert_same_records(fused[m][1:], again, **EXACT)
         assert (
             states[m][0]["model_spec"]["params"]["latent_dim"]
             == configs[m]["model_params"]["latent_dim"]
         )
 
 
-# Measured with these settings (phantom 32 px, 96 training and 64 test images, batch 16,
-# 4 epochs, latent_dim 1, 4, 16, seeds 0..17 = 18 members, both evaluations): the largest
-# float32 difference between fused and separate records, and, for scale, between the same
-# separate run at 1 and at 2 torch threads (another summation order, no fusion):
-#   auc 9.8e-4 (threads 6.8e-3), ap 1.4e-3 (3.1e-3), train_loss 5.8e-5 rel (4.6e-4),
-#   recon_error_* <= 7.1e-5 rel (2.6e-4), latent_entropy_gaussian 2.3e-3 rel (2.1e-2),
-#   latent_effective_rank 3.9e-3 (3.0e-2), latent_participation_ratio 4.9e-3 (2.2e-2),
-#   latent_entropy_knn 2.5e-2 (2.4e-2), latent_intrinsic_dim 0.19 (0.27; TwoNN on a
-#   1-d latent, not checked here: the float64 test checks it exactly).
-# Tolerances: about twice the fused figures. AUC / AP absolute, the rest relative.
-FLOAT32_TOLERANCE = {
-    "train_loss": 2e-4,
-    "auc": 2e-3,
-    "ap": 3e-3,
-    "recon_error_train_normal": 3e-4,
-    "recon_error_val_normal": 3e-4,
-    "recon_error_test_normal": 3e-4,
-    "recon_error_test_abnormal": 3e-4,
-    "latent_entropy_gaussian": 1e-2,
-    "latent_effective_rank": 1e-2,
-    "latent_participation_ratio": 1e-2,
-    "latent_entropy_knn": 5e-2,
-}
+# Float32: the fused kernels add in another order than the separate model's, as another
+# thread count or another CPU's kernels do. The test measures that noise itself: the
+# float32 error of the ordinary separate runs (at 1 and at 2 torch threads) against the
+# same runs computed in float64 from the same initial weights (the exact computation:
+# fused and separate agree there, see above), and asks the fused run's error to be of
+# the same size: at most NOISE_FACTOR times the largest the separate runs showed.
+# Losses and reconstruction errors relative (to the float64 value); AUC and AP through
+# the scores: they must lie in the range the float64 scores give when each may move by
+# NOISE_FACTOR times the separate runs' largest relative score error. Measured (fused
+# error / separate runs' largest, 3 members, 4 epochs): native kernels 0.03-0.7,
+# ATEN_CPU_CAPABILITY=default 0.3-1.6. The latent statistics amplify a trajectory's
+# rounding differences unevenly from member to member (one fused draw of
+# latent_entropy_gaussian came out 39x the separate runs' largest error under the
+# default kernels): the float64 tests above check them exactly.
+NOISE_FACTOR = 4.0
+CONTINUOUS = (
+    "train_loss",
+    "recon_error_train_normal",
+    "recon_error_val_normal",
+    "recon_error_test_normal",
+    "recon_error_test_abnormal",
+)
 
 
-def test_fused_matches_separate_fit_in_float32_within_tolerance(phantom):
+def relative_errors(runs, exact, keys):
+    """Per key, the largest relative difference of ``runs`` (lists of records per
+    member) from ``exact``, over members and evaluations; "scores" per image."""
+    worst = dict.fromkeys(keys, 0.0)
+    for run in runs:
+        for records, reference in zip(run, exact, strict=True):
+            for a, b in zip(records, reference, strict=True):
+                for key in keys:
+                    if key not in b:  # scores: on the final record only
+                        continue
+                    got = torch.as_tensor(a[key], dtype=torch.float64)
+                    ref = torch.as_tensor(b[key], dtype=torch.float64)
+                    scale = ref.abs().clamp_min(torch.finfo(torch.float32).tiny)
+                    worst[key] = max(worst[key], float(((got - ref).abs() / scale).max()))
+    return worst
+
+
+def ranking_range(scores, labels, slack):
+    """(lowest, highest) AUC and AP that ``scores`` (positive: reconstruction errors)
+    give when each may move by ``slack`` (relative): lowest with abnormal scores down and
+    normal ones up (both metrics depend on the ranking only, monotonically)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    s = np.asarray(scores, dtype=np.float64)
+    sign = np.where(np.asarray(labels) == 1, 1.0, -1.0)
+    out = {}
+    for name, metric in (("auc", roc_auc_score), ("ap", average_precision_score)):
+        low = metric(labels, s * (1 - sign * slack))
+        high = metric(labels, s * (1 + sign * slack))
+        out[name] = (low, high)
+    return out
+
+
+def float32_initialised(name, **params):
+    """A model with the initial weights a float32 run draws, in float64 (the float64
+    default type draws other random numbers)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        model = build_model(name, **params)
+    finally:
+        torch.set_default_dtype(before)
+    return model.double()
+
+
+def test_fused_matches_separate_fit_in_float32_within_measured_noise(
+    phantom, phantom64, monkeypatch
+):
+    import ae4ad.train
+
     configs = member_configs(seeds=(3, 4, 5))
-    separate = [list(fit(c, dataset=phantom)) for c in configs]
-    fused = by_member(list(fit_many(configs, dataset=phantom)), len(configs))
+    threads = torch.get_num_threads()
+    try:
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # the same runs, computed in float64
+        with monkeypatch.context() as patch:
+            patch.setattr(ae4ad.train, "build_model", float32_initialised)
+            try:
+                exact = [list(fit(c, dataset=phantom64)) for c in configs]
+            finally:
+                torch.set_default_dtype(before)
+        separate = [
+            [list(fit(c | {"threads": t}, dataset=phantom)) for c in configs] for t in (1, 2)
+        ]
+        fused = by_member(list(fit_many(configs, dataset=phantom)), len(configs))
+    finally:
+        torch.set_num_threads(threads)
+    keys = (*CONTINUOUS, "scores")
+    noise = relative_errors(separate, exact, keys)
+    error = relative_errors([fused], exact, keys)
+    for key in CONTINUOUS:
+        assert error[key] <= NOISE_FACTOR * noise[key], (key, error[key], noise[key])
+    assert error["scores"] <= NOISE_FACTOR * noise["scores"], (error["scores"], noise["scores"])
+    labels = phantom.test_labels.numpy()
     for m in range(len(configs)):
-        for a, b in zip(separate[m], fused[m], strict=True):
-            assert set(a) == set(b)
-            for key, tol in FLOAT32_TOLERANCE.items():
-                if key in ("auc", "ap"):
-                    assert b[key] == pytest.approx(a[key], abs=tol), (m, key)
-                else:
-                    assert b[key] == pytest.approx(a[key], rel=tol), (m, key)
+        got, ref = fused[m][-1], exact[m][-1]  # the final record has the scores
+        bounds = ranking_range(ref["scores"], labels, NOISE_FACTOR * noise["scores"])
+        for key, (low, high) in bounds.items():
+            assert low - 1e-12 <= got[key] <= high + 1e-12, (m, key, got[key], low, high)
 
 
 def test_a_diverged_member_is_masked_out_and_the_others_go_on(phantom64, float64, monkeypatch):
@@ -168,7 +239,7 @@ def test_a_diverged_member_is_masked_out_and_the_others_go_on(phantom64, float64
     assert [r["status"] for r in fused[1]] == ["diverged"]
     assert fused[1][0]["epoch"] == 1 and "training loss became nan" in fused[1][0]["error"]
     for m in (0, 2):
-        assert_same_records(list(fit(configs[m], dataset=phantom64)), fused[m], rel=1e-9)
+        assert_same_records(list(fit(configs[m], dataset=phantom64)), fused[m], **EXACT)
 
 
 def test_masked_latent_weights_take_no_part_and_get_no_gradient():

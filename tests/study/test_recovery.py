@@ -297,3 +297,126 @@ def test_file_uri_storage_on_a_two_node_cluster(tmp_path, monkeypatch):
     assert trials["checkpoint_path"].notna().all() and (trials["checkpoint_epoch"] == 2).all()
     for tid in trials["trial_id"]:
         assert ae4ad.load_trained(space.run_dir, tid).epoch == 2
+
+
+# --------------------------------------------------------------------------- (d)
+
+
+def latest_member_epochs(tune_dir: Path) -> dict[str, int]:
+    """The latest checkpointed epoch of each member of a fused bundle's checkpoints."""
+    found: dict[str, int] = {}
+    for records in tune_dir.glob("session-*/*/checkpoint_*/*/records.json"):
+        try:
+            epoch = int(json.loads(records.read_text())[-1]["epoch"])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        member = records.parent.name
+        found[member] = max(found.get(member, 0), epoch)
+    return found
+
+
+def test_killed_fused_run_resumes_every_member_from_its_own_state(tmp_path):
+    """A bundle of 3 members; the driver killed (SIGKILL, process group) mid-bundle, then
+    --resume: every member continues alone from its state in the bundle's checkpoint.
+    Each evaluation is once in the history, every model is kept, each final record is
+    the in-process "bundle to epoch e, then the member alone" bit for bit, and the final
+    AUCs agree with an uninterrupted fused run within float32 noise (measured here as in
+    tests/test_fused.py: fused against separate runs, times NOISE_FACTOR)."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_fused import NOISE_FACTOR, ranking_range
+
+    from ae4ad.fused import fit_many
+
+    ray_tmp = f"/tmp/rf{os.getpid()}"
+    os.makedirs(ray_tmp, exist_ok=True)
+    path = write_space(
+        tmp_path,
+        {
+            "name": "killfused",
+            "datasets": [{"name": "phantom", "params": {**TINY_DATA, "n_train": 256}}],
+            "models": [{"name": "ae", "params": {"latent_dim": [1, 2, 4], **TINY_AE}}],
+            "training": {"epochs": 10, "eval_every": 2},
+            "seeds": [0],
+            "resources": {"fuse": 3},
+        },
+    )
+    space = load_space(str(path))
+    run_dir = space.run_dir
+    configs = {trial_id(c): c for c in grid_trials(space)}
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+    command = [sys.executable, "run_study.py", "--space", str(path), "--no-report",
+               "--num-cpus", "2", "--keep-models", "all"]  # fmt: skip
+    try:
+        first = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while len(latest_member_epochs(run_dir / "tune")) < 3:
+                assert first.poll() is None, first.stdout.read().decode()
+                assert time.monotonic() < deadline, "no bundle checkpoint in time"
+                time.sleep(0.2)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)  # kill -9 the driver and its Ray
+            first.wait()
+            first.stdout.close()
+        time.sleep(1)
+        stop_leftovers(ray_tmp)
+        assert not (run_dir / "trials.parquet").is_file(), "the bundle finished before the kill"
+        at_kill = latest_member_epochs(run_dir / "tune")
+        assert sorted(at_kill) == sorted(configs) and min(at_kill.values()) >= 2
+
+        second = subprocess.run(
+            [*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=400, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        stop_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "continue from their last checkpoint" in second.stdout, second.stdout
+    assert "warning" not in second.stdout, second.stdout
+
+    trials = pd.read_parquet(run_dir / "trials.parquet").set_index("trial_id")
+    assert sorted(trials.index) == sorted(configs) and (trials["status"] == "completed").all()
+    history = pd.read_parquet(run_dir / "history.parquet")
+    resumed = {}
+    for tid, h in history.groupby("trial_id"):
+        assert h["epoch"].tolist() == list(range(2, 12, 2)), tid  # each evaluation once
+        resumed[tid] = int(h["resumed_from_epoch"].max())
+        assert resumed[tid] >= 2, f"{tid} restarted from scratch"
+    assert sorted(p.stem for p in (run_dir / "models").glob("*.pt")) == sorted(configs)
+    assert not list((run_dir / "tune").rglob("checkpoint_*"))
+
+    # in this process: the bundle uninterrupted, its states, and separate runs
+    ids = list(configs)
+    data = ae4ad.load_dataset("phantom", **space.datasets[0].params)
+    threads = __import__("torch").get_num_threads()
+    states: dict[tuple[int, int], dict] = {}
+    try:
+        fused = {ids[i]: r for i, r in fit_many(
+            [fit_config(configs[t]) for t in ids], dataset=data,
+            state_out=lambda i, s, r: states.__setitem__((i, s["epoch"]), s),
+        ) if r.get("is_final")}  # fmt: skip
+        for i, tid in enumerate(ids):  # the bundle to its checkpoint, then the member alone
+            state = states[(i, resumed[tid])]
+            final = list(ae4ad.fit(fit_config(configs[tid]), dataset=data, start_state=state))
+            assert_same_numbers(trials.loc[tid].to_dict(), final[-1])
+        separate = {t: clean_final_record(configs[t]) for t in ids}
+    finally:
+        __import__("torch").set_num_threads(threads)
+    scores = pd.read_parquet(run_dir / "scores.parquet")
+    relative = lambda a, b: float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))  # noqa: E731
+    noise = max(relative(separate[t]["scores"], fused[t]["scores"]) for t in ids)
+    labels = data.test_labels.numpy()
+    for tid in ids:
+        mine = scores[scores["trial_id"] == tid].sort_values("index")["score"].to_numpy()
+        assert relative(mine, fused[tid]["scores"]) <= NOISE_FACTOR * noise, tid
+        bounds = ranking_range(fused[tid]["scores"], labels, NOISE_FACTOR * noise)
+        low, high = bounds["auc"]
+        assert low - 1e-12 <= trials.loc[tid, "auc"] <= high + 1e-12, (tid, low, high)
