@@ -36,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
@@ -93,6 +95,8 @@ class TrainConfig:
     score: str = "l2"
     bf16: bool = False
     channels_last: bool = False
+    deterministic: bool = False
+    gpu_memory_fraction: float | None = None  # CUDA only; None: no limit
     n_examples: int = 2
 
     @classmethod
@@ -130,12 +134,166 @@ class TrainConfig:
             raise ConfigError(f"score: expected one of {', '.join(SCORES)}, got {self.score!r}")
         if not (isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device)):
             raise ConfigError(f"device: {DEVICE_RULE}, got {self.device!r}")
+        for key in ("bf16", "channels_last", "deterministic"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
+        fraction = self.gpu_memory_fraction
+        if fraction is not None and (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0 < fraction <= 1
+        ):
+            raise ConfigError(
+                f"gpu_memory_fraction: expected a number in (0, 1] or null, got {fraction!r}"
+            )
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device a config's ``device`` names: ``auto`` is ``cuda`` when PyTorch
+    sees a GPU, else ``cpu``. Raises :class:`ConfigError` (one line) for a device this
+    machine lacks, instead of PyTorch's errors at the first tensor moved there.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ae4ad.train.ConfigError: device: expected auto, cpu, cuda or cuda:<index>, got 'gpu'
+    """
+    if not (isinstance(name, str) and re.fullmatch(DEVICE_PATTERN, name)):
+        raise ConfigError(f"device: {DEVICE_RULE}, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        built = f"built with CUDA {cuda}" if cuda else "a CPU-only build"
+        raise ConfigError(
+            f"device: {name!r}, but PyTorch sees no CUDA GPU on this machine (torch "
+            f"{torch.__version__}, {built}); use cpu or auto"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "all GPUs visible"
+        raise ConfigError(
+            f"device: {name!r}, but this process sees {count} GPU(s) ({seen}); "
+            f"allowed: cuda, {', '.join(f'cuda:{i}' for i in range(count))}, cpu or auto"
+        )
+    return device
+
+
+_PRECISION_KNOBS = (  # (module, attribute, the value deterministic mode sets)
+    (torch.backends.cudnn, "deterministic", True),
+    (torch.backends.cudnn, "benchmark", False),
+)
+
+
+def _tf32_knobs() -> list[tuple[object, str, object]]:
+    """The switches that keep float32 convolutions and matrix products in full float32
+    (no TF32): PyTorch >= 2.9 spells them ``fp32_precision = "ieee"``, older ones
+    ``allow_tf32 = False`` (the two APIs must not be mixed)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return [
+            (torch.backends.cudnn.conv, "fp32_precision", "ieee"),
+            (torch.backends.cudnn.rnn, "fp32_precision", "ieee"),
+            (torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+        ]
+    return [
+        (torch.backends.cudnn, "allow_tf32", False),
+        (torch.backends.cuda.matmul, "allow_tf32", False),
+    ]
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""``CUBLAS_WORKSPACE_CONFIG`` in deterministic mode (what cuBLAS needs for deterministic
+results; set before the process's first cuBLAS call, which is why a trial sets it
+before it trains)."""
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool = True) -> Iterator[None]:
+    """Run the body with PyTorch's deterministic settings: cuDNN deterministic, its
+    autotuner (benchmark) off, TF32 off for convolutions and matrix products,
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an operation without a
+    deterministic implementation warns) and ``CUBLAS_WORKSPACE_CONFIG``; the previous
+    settings come back afterwards. ``enabled=False`` changes nothing.
+
+    >>> with deterministic_mode():
+    ...     torch.are_deterministic_algorithms_enabled()
+    True
+    >>> torch.are_deterministic_algorithms_enabled()
+    False
+    """
+    if not enabled:
+        yield
+        return
+    knobs = [*_PRECISION_KNOBS, *_tf32_knobs()]
+    saved = [getattr(module, name) for module, name, _ in knobs]
+    algorithms = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        for module, name, value in knobs:
+            setattr(module, name, value)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        for (module, name, _), value in zip(knobs, saved):
+            setattr(module, name, value)
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def apply_memory_fraction(cfg: TrainConfig, device: torch.device) -> None:
+    """Cap what this process's caching allocator may take of the GPU at
+    ``cfg.gpu_memory_fraction`` (``torch.cuda.set_per_process_memory_fraction``); nothing
+    on the CPU or without a fraction."""
+    if device.type == "cuda" and cfg.gpu_memory_fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(float(cfg.gpu_memory_fraction), device)
+
+
+def out_of_memory_message(cfg: TrainConfig, device: torch.device, exc: BaseException) -> str:
+    """One line for a CUDA out-of-memory error: the trial's share of the GPU and what to
+    change, then PyTorch's own first line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if cfg.gpu_memory_fraction is not None:
+        share = f"its share of {device}: gpu_memory_fraction {cfg.gpu_memory_fraction:g}"
+        if device.type == "cuda" and torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(device).total_memory / 2**30
+            share += f" = {cfg.gpu_memory_fraction * total:.1f} of {total:.1f} GiB"
+    else:
+        share = f"no memory limit of its own on {device} (it shares the GPU with what else runs)"
+    return (
+        f"out of GPU memory with {share}; lower batch_size ({cfg.batch_size}) or "
+        f"eval_batch_size ({cfg.eval_batch_size}), give each trial a larger share "
+        "(resources.gpus_per_trial; fewer trials per GPU) or set "
+        f"training.gpu_memory_fraction. PyTorch: {first[:300]}"
+    )
+
+
+@contextlib.contextmanager
+def training_process(cfg: TrainConfig) -> Iterator[torch.device]:
+    """The process settings one training run asks for, around its body: torch threads,
+    the device (checked, see :func:`resolve_device`), its CUDA memory fraction and
+    :func:`deterministic_mode`; a CUDA out-of-memory error is raised again with
+    :func:`out_of_memory_message`. Yields the device."""
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    apply_memory_fraction(cfg, device)
+    with deterministic_mode(cfg.deterministic):
+        try:
+            yield device
+        except torch.cuda.OutOfMemoryError as exc:
+            raise torch.cuda.OutOfMemoryError(out_of_memory_message(cfg, device, exc)) from exc
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -151,16 +309,16 @@ def evaluate_images(
     score: str,
     batch_size: int,
     device: torch.device,
-    autocast: contextlib.AbstractContextManager | None = None,
     keep_maps: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Batched reconstruction of ``images``: latents, anomaly maps and image scores (CPU)."""
+    """Batched reconstruction of ``images``: latents, anomaly maps and image scores (CPU).
+    In the model's own precision (float32), never under autocast: training and
+    ``predict`` score alike."""
     model.eval()
     zs, maps, scores = [], [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
-        with autocast or contextlib.nullcontext():
-            out = model(x)
+        out = model(x)
         m = anomaly_map(x.float(), out["x_hat"].float(), score)
         zs.append(out["z"].float().cpu())
         scores.append(image_scores(m).cpu())
@@ -220,12 +378,12 @@ class _Clock:
 def _autocaster(
     cfg: TrainConfig, device: torch.device
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A fresh context for each forward pass: bf16 autocast when ``cfg.bf16`` on CUDA."""
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    """A fresh context for each training forward pass: bf16 autocast on the device when
+    ``cfg.bf16`` (CUDA and CPU alike; evaluation always runs in float32)."""
 
     def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     return autocast
@@ -260,23 +418,30 @@ def fit(
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
+    with training_process(cfg) as device:
+        yield from _fit(cfg, device, dataset, start_state, state_out)
+
+
+def _fit(
+    cfg: TrainConfig,
+    device: torch.device,
+    dataset: AnomalyDataset | None,
+    start_state: dict | None,
+    state_out: Callable[[dict, dict], None] | None,
+) -> Iterator[dict]:
+    """:func:`fit`'s body, run inside :func:`training_process`."""
     generator = seed_everything(cfg.seed)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
 
     model_params = {"image_size": data.image_size, "in_channels": data.in_channels}
     model_params.update(cfg.model_params)
     model = build_model(cfg.model, **model_params).to(device)
-    memory_format = torch.preserve_format
-    if cfg.channels_last and device.type == "cuda":
-        memory_format = torch.channels_last
-        model = model.to(memory_format=memory_format)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, progress = 0, {"train_time_s": 0.0, "images_seen": 0, "elapsed_s": 0.0}
+    start_epoch, progress, note = 0, {"train_time_s": 0.0, "images_seen": 0, "elapsed_s": 0.0}, None
     if start_state is not None:
-        start_epoch, progress = _restore(start_state, cfg, model, optimizer, generator)
+        start_epoch, progress, note = _restore(start_state, cfg, model, optimizer, generator)
     autocast = _autocaster(cfg, device)
 
     train = data.train.to(device).contiguous(memory_format=memory_format)
@@ -300,7 +465,7 @@ def fit(
                 epoch, mean_loss, clock.started, clock.train_time, clock.images_seen
             )
         elif cfg.evaluates_after(epoch):
-            record = _evaluation_record(model, data, cfg, device, autocast, epoch, mean_loss, clock)
+            record = _evaluation_record(model, data, cfg, device, epoch, mean_loss, clock)
             if record["status"] != "diverged" and state_out is not None:
                 timers = clock.timers(record["elapsed_s"])
                 state = training_state(
@@ -309,6 +474,8 @@ def fit(
                 state_out(state, {**base, **record})
         else:
             continue
+        if note is not None:  # the first record after a resume says what was not restored
+            record["resume_note"], note = note, None
         yield {**base, **record}
         if record["status"] == "diverged":
             return
@@ -355,11 +522,13 @@ def _evaluate(
     data: AnomalyDataset,
     cfg: TrainConfig,
     device: torch.device,
-    autocast,
     is_final: bool,
 ) -> dict:
+    """The metrics of one evaluation, computed in float32 whatever the training precision
+    (as :func:`ae4ad.trained.load_trained` scores: a bf16-trained run's scores are the
+    ones ``predict`` gives)."""
     ev = lambda images, keep: evaluate_images(  # noqa: E731
-        model, images, cfg.score, cfg.eval_batch_size, device, autocast(), keep_maps=keep
+        model, images, cfg.score, cfg.eval_batch_size, device, keep_maps=keep
     )
     train_eval = ev(data.train, False)
     test_eval = ev(data.test, True)
@@ -411,7 +580,6 @@ def _evaluation_record(
     data: AnomalyDataset,
     cfg: TrainConfig,
     device: torch.device,
-    autocast,
     epoch: int,
     loss: float,
     clock: _Clock,
@@ -429,7 +597,7 @@ def _evaluation_record(
         "images_per_s": clock.images_seen / train_time if train_time > 0 else float("nan"),
     }
     try:
-        record.update(_evaluate(model, data, cfg, device, autocast, is_final))
+        record.update(_evaluate(model, data, cfg, device, is_final))
     except _NonFiniteOutput as exc:
         record = _diverged_record(epoch, loss, clock.started, train_time, clock.images_seen)
         record["error"] = str(exc)
@@ -456,8 +624,12 @@ def _diverged_record(
     }
 
 
-# Config keys a start state may differ in: they do not change what is trained.
-_RESUMABLE_CHANGES = {"epochs", "eval_every", "eval_batch_size", "device", "threads", "n_examples"}
+# Config keys a start state may differ in: they do not change what is trained (states
+# written before deterministic and gpu_memory_fraction existed lack them).
+_RESUMABLE_CHANGES = {
+    "epochs", "eval_every", "eval_batch_size", "device", "threads", "n_examples",
+    "deterministic", "gpu_memory_fraction",
+}  # fmt: skip
 
 
 def _cpu(value):
@@ -492,16 +664,28 @@ def rng_states(generator: torch.Generator) -> dict:
     return states
 
 
-def set_rng_states(states: dict, generator: torch.Generator) -> None:
-    """Restore what :func:`rng_states` captured."""
+def set_rng_states(states: dict, generator: torch.Generator) -> str | None:
+    """Restore what :func:`rng_states` captured. Returns None, or why the CUDA RNG
+    states were not restored (saved for another number of GPUs than this process sees:
+    random draws on the GPU then continue from this process's own stream)."""
     torch.set_rng_state(states["torch"].cpu())
     generator.set_state(states["generator"].cpu())
     n = states["numpy"]
     keys = n["keys"].numpy().astype(np.uint32)
     np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     cuda = states.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+    if not cuda:
+        return None
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(cuda) == here:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        return None
+    return (
+        f"the CUDA RNG stream was not restored: the checkpoint holds the states of "
+        f"{len(cuda)} GPU(s), this process sees {here}; random draws on the GPU (e.g. a "
+        "VAE's sampling) continue from a fresh stream, so the resumed run is not "
+        "bit-identical to an uninterrupted one"
+    )
 
 
 def training_state(
@@ -542,14 +726,15 @@ def _restore(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-) -> tuple[int, dict]:
+) -> tuple[int, dict, str | None]:
     """Load ``state`` into the freshly built model and optimiser; returns the epoch it
-    was taken at and its timers."""
+    was taken at, its timers and what of it was not restored (see
+    :func:`set_rng_states`; also warned)."""
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ConfigError(f"start_state: expected a {STATE_FORMAT} state, got {found!r}")
-    saved = state.get("config") or {}
     now = config_to_dict(cfg)
+    saved = state.get("config") or {}
     canonical = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
     for key in sorted(set(saved) | set(now)):
         if key not in _RESUMABLE_CHANGES and canonical(saved.get(key)) != canonical(now.get(key)):
@@ -564,8 +749,10 @@ def _restore(
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
-    set_rng_states(state["rng"], generator)
-    return epoch, dict(state.get("timers") or {})
+    note = set_rng_states(state["rng"], generator)
+    if note is not None:
+        warnings.warn(f"resume from epoch {epoch}: {note}", RuntimeWarning, stacklevel=2)
+    return epoch, dict(state.get("timers") or {}), note
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

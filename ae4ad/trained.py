@@ -325,7 +325,18 @@ def load_trained(
     or, without ``trial_id``, the model file or checkpoint folder ``run_dir`` names.
     Loads weights only (``torch.load(..., weights_only=True)``).
 
-    Raises :class:`TrainedModelError` naming the path when there is no such model."""
+    ``device``: ``cpu``, ``cuda``, ``cuda:<index>`` or ``auto`` (a GPU when PyTorch sees
+    one); the file is read on the CPU and the model moved there, so a model trained on a
+    GPU loads on any machine.
+
+    Raises :class:`TrainedModelError` naming the path when there is no such model, and
+    for a device this machine lacks."""
+    from ae4ad.train import ConfigError, resolve_device
+
+    try:
+        device = resolve_device(str(device))
+    except ConfigError as exc:
+        raise TrainedModelError(str(exc)) from None
     base = Path(run_dir)
     if trial_id is not None:
         path = base / "models" / f"{trial_id}.pt"
@@ -340,8 +351,7 @@ def load_trained(
         path = base / MODEL_FILE
     else:
         path = base
-    device = torch.device(device)
-    payload = _load(path, device)
+    payload = _load(path)
     if payload.get("format") != MODEL_FORMAT:
         raise TrainedModelError(f"{path}: not an {MODEL_FORMAT} file")
     spec, data = payload["model_spec"], payload["data"]

@@ -229,6 +229,10 @@ TRAINING_RULES: dict[str, Rule] = {
     ),
     "bf16": _BOOL,
     "channels_last": _BOOL,
+    "deterministic": _BOOL,
+    "gpu_memory_fraction": _rule(
+        "float", "expected a number in (0, 1] (the share of GPU memory)", True, gt=0, le=1
+    ),
 }
 
 

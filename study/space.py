@@ -117,6 +117,8 @@ FIT_KEYS = (
     "score",
     "bf16",
     "channels_last",
+    "deterministic",
+    "gpu_memory_fraction",
 )
 HARNESS_KEYS = ("dataset_label", "model_label", "stratum")
 # The training defaults are ae4ad's (TrainConfig; eval_every: default_eval_every(epochs),
@@ -405,7 +407,7 @@ def _config(
         "seed": seed,
         "threads": space.resources.threads,
     }
-    for key in ("bf16", "channels_last"):
+    for key in ("bf16", "channels_last", "deterministic", "gpu_memory_fraction"):
         if key in training:
             cfg[key] = training[key]
     return cfg
@@ -501,7 +503,8 @@ def trial_id(config: Mapping[str, Any]) -> str:
     ...           "model_params": {"latent_dim": 16}})
     'phantom-ae-d16-s0-883fb33ad9'
     """
-    payload = {k: v for k, v in config.items() if k not in ("device", "threads", "trial_id")}
+    skip = ("device", "threads", "gpu_memory_fraction", "trial_id")  # results do not change
+    payload = {k: v for k, v in config.items() if k not in skip}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
     parts = [
