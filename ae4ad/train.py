@@ -8,7 +8,7 @@ reconstructions.
 
 Example:
     >>> from ae4ad.train import fit
-    >>> config = {"dataset": "phantom", "model": "ae", "epochs": 1,
+    >>> config = {"dataset": "phantom", "model": "ae", "epochs": 1, "device": "cpu",
     ...           "dataset_params": {"image_size": 32, "n_train": 64, "n_val": 16,
     ...                              "n_test_normal": 16, "n_test_abnormal": 16},
     ...           "model_params": {"latent_dim": 4, "num_blocks": 3, "hidden_dim": 32}}
@@ -34,6 +34,7 @@ machine; only the timings differ):
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -748,7 +749,9 @@ def _restore(
             f"start_state: taken at epoch {epoch}, nothing left to train with epochs={cfg.epochs}"
         )
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
+    # a copy: on the same device Adam would adopt the state's tensors and train them in
+    # place, so a second resume from the same state would start from moved moments
+    optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
     note = set_rng_states(state["rng"], generator)
     if note is not None:
         warnings.warn(f"resume from epoch {epoch}: {note}", RuntimeWarning, stacklevel=2)

@@ -126,9 +126,10 @@ def device_check(space: Space, file: str | None = None) -> None:
 
     >>> from study.space import load_space
     >>> load_space("smoke", ["training.device=cuda", "resources.gpus_per_trial=0"])
+    ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    study.schema.SpaceError: smoke.yaml: training.device: device cuda needs a GPU, but gpus_per_trial is 0 (Ray gives the trial no GPU); set gpus_per_trial > 0 or device auto / cpu
+    study.schema.SpaceError: smoke.yaml: training.device: device cuda needs a GPU, but ...
     """
     from study.devices import device_resource_error
     from study.schema import SpaceError
