@@ -16,7 +16,7 @@ Example:
     >>> trial_device("cuda", ["5"], "2,5,7", noset=True)
     'cuda:1'
     >>> device_resource_error("cuda:1", 0.25)
-    'device cuda:1 needs 2 GPUs per trial, but gpus_per_trial is 0.25 (a trial sees 1 GPU: \
+    'cuda:1 needs 2 GPUs per trial, but gpus_per_trial is 0.25 (a trial sees 1 GPU: \
 cuda, cuda:0)'
 """
 
@@ -109,7 +109,7 @@ def device_resource_error(device: str, gpus_per_trial: float | str) -> str | Non
     if gpus_per_trial == "auto":
         if _index(device) > 0:
             return (
-                f"device {device} needs {_index(device) + 1} GPUs per trial, but "
+                f"{device} needs {_index(device) + 1} GPUs per trial, but "
                 "gpus_per_trial is auto (a fraction of one GPU: a trial sees 1 GPU: cuda, "
                 "cuda:0)"
             )
@@ -117,14 +117,14 @@ def device_resource_error(device: str, gpus_per_trial: float | str) -> str | Non
     gpus = float(gpus_per_trial)
     if gpus <= 0:
         return (
-            f"device {device} needs a GPU, but gpus_per_trial is 0 (Ray gives the trial no "
+            f"{device} needs a GPU, but gpus_per_trial is 0 (Ray gives the trial no "
             "GPU); set gpus_per_trial > 0 or device auto / cpu"
         )
     seen = max(1, math.ceil(gpus))
     if _index(device) >= seen:
         allowed = ", ".join(["cuda"] + [f"cuda:{i}" for i in range(seen)])
         return (
-            f"device {device} needs {_index(device) + 1} GPUs per trial, but gpus_per_trial "
+            f"{device} needs {_index(device) + 1} GPUs per trial, but gpus_per_trial "
             f"is {gpus:g} (a trial sees {seen} GPU{'s' if seen > 1 else ''}: {allowed})"
         )
     return None
