@@ -481,6 +481,8 @@ class _Bundle:
                 )
             elif evaluate:
                 member = self.members[i].to(self.device)
+                if self.cfgs[i].channels_last:  # evaluated as fit and load_trained do
+                    member = member.to(memory_format=torch.channels_last)
                 member.load_state_dict(self.model.member_state(i, member))
                 record = _evaluation_record(
                     member, self.data, self.cfgs[i], self.device, epoch, loss, clock

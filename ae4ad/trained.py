@@ -362,6 +362,8 @@ def load_trained(
         text = " ".join(str(exc).split())[:200]
         raise TrainedModelError(f"{path}: the weights do not fit the model ({text})") from None
     model = model.to(device).eval()
+    if (payload.get("config") or {}).get("channels_last"):  # the layout it was evaluated in
+        model = model.to(memory_format=torch.channels_last)
     low, high = data.get("value_range", (-1.0, 1.0))
     return TrainedModel(
         model=model,

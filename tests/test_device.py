@@ -205,9 +205,13 @@ def test_same_seed_same_numbers_in_deterministic_mode(device, phantom):
 # --------------------------------------------------------------------------- bf16, fp32 evaluation
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_bf16_run_is_evaluated_in_float32_so_predict_reproduces_it(device, tmp_path, phantom):
+def test_a_bf16_run_is_evaluated_in_float32_so_predict_reproduces_it(
+    device, channels_last, tmp_path, phantom
+):
     config = {**BASE, "dataset": "phantom", "device": device, "deterministic": True}
+    config["channels_last"] = channels_last  # load_trained evaluates in the run's layout
     states = []
     bf16 = list(fit({**config, "bf16": True}, phantom, state_out=lambda s, r: states.append(s)))
     fp32 = list(fit(config, phantom))
@@ -305,6 +309,16 @@ def test_fit_many_channels_last_matches_channels_first_in_float32(phantom):
                     assert b[key] == pytest.approx(a[key], abs=tol), key
                 else:
                     assert b[key] == pytest.approx(a[key], rel=tol), key
+
+
+def test_a_channels_last_bundle_members_scores_are_what_load_trained_gives(tmp_path, phantom):
+    configs = members(channels_last=True, epochs=2, eval_every=2)
+    states: dict[int, dict] = {}
+    pairs = list(fit_many(configs, phantom, state_out=lambda i, s, r: states.setdefault(i, s)))
+    for i, record in pairs:
+        save_checkpoint(tmp_path / str(i), states[i])
+        trained = load_trained(tmp_path / str(i))
+        assert trained.score(phantom.test)["scores"].tolist() == record["scores"]
 
 
 def test_a_diverged_member_of_a_channels_last_bundle_is_reset(phantom64, float64, monkeypatch):
