@@ -35,9 +35,10 @@ def differences(a: list[dict], b: list[dict]) -> tuple[bool, float, float]:
 
 def line(label: str, a: list[dict], b: list[dict]) -> None:
     same, scores, loss = differences(a, b)
+    speed = " / ".join(f"{r[-1]['images_per_s']:.0f}" for r in (a, b))
     print(
         f"{label}: bit-identical {same}; largest |score diff| {scores:.2e}, "
-        f"|train_loss diff| {loss:.2e}",
+        f"|train_loss diff| {loss:.2e}; training images/s {speed}",
         flush=True,
     )
 
