@@ -497,7 +497,8 @@ def _slug(text: str, limit: int = 24) -> str:
 def trial_id(config: Mapping[str, Any]) -> str:
     """A stable, filesystem-safe id of a trial config: a readable part
     (``<dataset>-<model>-d<latent_dim>-s<seed>``) and 10 hex chars of the sha1 of the
-    config's canonical JSON, without device and threads (they do not change results).
+    config's canonical JSON, without device, threads and gpu_memory_fraction (they do not
+    change results).
 
     >>> trial_id({"dataset_label": "phantom", "model_label": "ae", "seed": 0,
     ...           "model_params": {"latent_dim": 16}})

@@ -346,3 +346,15 @@ def test_trials_use_the_gpu_ray_assigned_also_with_noset(tmp_path, ray_with_two_
         assert row["visible"] == "<unset>"  # NOSET: Ray did not narrow it
         assert row["device"] == f"cuda:{row['gpu_ids']}"  # the assigned GPU, not GPU 0
     assert rows[1]["fraction"] == 0.5 and rows[2]["fraction"] is None
+
+
+def test_gpu_memory_fraction_does_not_change_trial_ids():
+    from study.space import grid_trials, trial_id
+
+    def ids(*overrides: str) -> list[str]:
+        return [trial_id(c) for c in grid_trials(load_space("smoke", list(overrides)))]
+
+    assert ids() == ids("training.gpu_memory_fraction=0.4")  # a cap, not a result
+    assert ids() != ids("training.deterministic=true")  # other numbers on a GPU
+    capped = grid_trials(load_space("smoke", ["training.gpu_memory_fraction=0.4"]))
+    assert all(c["gpu_memory_fraction"] == 0.4 for c in capped)
