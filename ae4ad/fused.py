@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ae4ad.data import AnomalyDataset, load_dataset
+from ae4ad.device import training_process
 from ae4ad.models import AE, ConstrainedAE, build_model
 from ae4ad.train import (
     ConfigError,
@@ -69,7 +70,6 @@ from ae4ad.train import (
     _evaluation_record,
     dataset_spec,
     seed_everything,
-    training_process,
     training_state,
 )
 
@@ -406,7 +406,7 @@ def _fit_bundle(
     dataset: AnomalyDataset | None,
     state_out: Callable[[int, dict, dict], None] | None,
 ) -> Iterator[tuple[int, dict]]:
-    """:func:`fit_many`'s body, run inside :func:`ae4ad.train.training_process`."""
+    """:func:`fit_many`'s body, run inside :func:`ae4ad.device.training_process`."""
     cfg0 = cfgs[0]
     data = dataset if dataset is not None else load_dataset(cfg0.dataset, **cfg0.dataset_params)
     bundle = _build_bundle(cfgs, data, device)

@@ -331,7 +331,8 @@ def load_trained(
 
     Raises :class:`TrainedModelError` naming the path when there is no such model, and
     for a device this machine lacks."""
-    from ae4ad.train import ConfigError, resolve_device
+    from ae4ad.device import resolve_device
+    from ae4ad.train import ConfigError
 
     try:
         device = resolve_device(str(device))

@@ -49,7 +49,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ae4ad.train import DEVICE_PATTERN, DEVICE_RULE
+from ae4ad.device import DEVICE_PATTERN, DEVICE_RULE
 
 __all__ = [
     "MODEL_PARAM_RULES",

@@ -197,8 +197,9 @@ def predict(
     ``run_dir``; writes scores.csv, maps/ and predict.json under ``out_dir``. ``device``:
     cpu, cuda, cuda:<index> or auto (a GPU when PyTorch sees one), checked first."""
     from ae4ad.data import DataError
+    from ae4ad.device import resolve_device
     from ae4ad.scoring import image_metrics
-    from ae4ad.train import ConfigError, resolve_device
+    from ae4ad.train import ConfigError
     from ae4ad.trained import TrainedModelError, list_inputs, load_trained
 
     try:

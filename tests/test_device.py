@@ -20,15 +20,15 @@ import torch
 
 import ae4ad
 from ae4ad import ConfigError, TrainedModelError, fit, load_trained
-from ae4ad.fused import FusedAE, fit_many
-from ae4ad.models import build_model
-from ae4ad.train import (
-    TrainConfig,
+from ae4ad.device import (
     apply_memory_fraction,
     deterministic_mode,
     out_of_memory_message,
     resolve_device,
 )
+from ae4ad.fused import FusedAE, fit_many
+from ae4ad.models import build_model
+from ae4ad.train import TrainConfig
 from ae4ad.trained import save_checkpoint
 
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -155,7 +155,7 @@ def test_predict_device_errors_are_one_line_exit_2(tmp_path, capsys):
 def _switches() -> list:
     """cuDNN determinism and autotuner, the TF32 switches, deterministic algorithms and
     CUBLAS_WORKSPACE_CONFIG, in that order."""
-    from ae4ad.train import _PRECISION_KNOBS, _tf32_knobs
+    from ae4ad.device import _PRECISION_KNOBS, _tf32_knobs
 
     knobs = [getattr(m, n) for m, n, _ in [*_PRECISION_KNOBS, *_tf32_knobs()]]
     return [*knobs, torch.are_deterministic_algorithms_enabled(),
@@ -163,7 +163,7 @@ def _switches() -> list:
 
 
 def test_deterministic_mode_sets_every_switch_and_restores_them(monkeypatch):
-    from ae4ad.train import _PRECISION_KNOBS, _tf32_knobs
+    from ae4ad.device import _PRECISION_KNOBS, _tf32_knobs
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = _switches()

@@ -145,7 +145,7 @@ def test_the_cli_refuses_an_impossible_device_in_one_line(capsys):
 
 
 def test_physical_gpu_of_device_auto_with_cuda_mocked(monkeypatch):
-    from ae4ad.train import resolve_device
+    from ae4ad.device import resolve_device
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # what Ray sets for a trial on GPU 1
     with mock.patch.object(torch.cuda, "is_available", return_value=True):
