@@ -277,8 +277,10 @@ class TrainedModel:
 
     def score(self, images: torch.Tensor, keep_maps: bool = True) -> dict[str, np.ndarray]:
         """Anomaly ``scores`` (N) and ``maps`` (N x 1 x S x S) of preprocessed images,
-        computed exactly as training evaluates (batched, inference mode, with the
-        trial's torch threads: the run's very numbers on the same machine)."""
+        computed exactly as training evaluates (batched, inference mode, float32, with the
+        trial's torch threads and deterministic setting: the run's very numbers on the
+        same machine)."""
+        from ae4ad.device import deterministic_mode
         from ae4ad.train import evaluate_images
 
         if images.ndim != 4 or tuple(images.shape[1:]) != (
@@ -294,15 +296,16 @@ class TrainedModel:
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
-        try:
-            out = evaluate_images(
-                self.model,
-                images,
-                self.score_name,
-                self.batch_size,
-                self.device,
-                keep_maps=keep_maps,
-            )
+        try:  # with the run's precision settings (TF32 off in deterministic mode)
+            with deterministic_mode(bool(self.config.get("deterministic"))):
+                out = evaluate_images(
+                    self.model,
+                    images,
+                    self.score_name,
+                    self.batch_size,
+                    self.device,
+                    keep_maps=keep_maps,
+                )
         finally:
             torch.set_num_threads(previous)
         result = {"scores": out["scores"].numpy()}

@@ -222,6 +222,28 @@ def test_a_bf16_run_is_evaluated_in_float32_so_predict_reproduces_it(
     assert scores.tolist() == bf16[-1]["scores"]  # bit for bit
 
 
+def test_load_trained_scores_with_the_runs_deterministic_setting(tmp_path, phantom, monkeypatch):
+    import ae4ad.train
+
+    seen = []
+    evaluate = ae4ad.train.evaluate_images
+    monkeypatch.setattr(
+        ae4ad.train,
+        "evaluate_images",
+        lambda *a, **k: (
+            seen.append(torch.are_deterministic_algorithms_enabled()) or evaluate(*a, **k)
+        ),
+    )
+    for deterministic in (True, False):
+        states = []
+        config = {**BASE, "epochs": 2, "deterministic": deterministic}
+        list(fit(config, phantom, state_out=lambda s, r: states.append(s)))
+        save_checkpoint(tmp_path / str(deterministic), states[-1])
+        seen.clear()
+        load_trained(tmp_path / str(deterministic)).score(phantom.test[:4])
+        assert seen == [deterministic]
+
+
 # --------------------------------------------------------------------------- channels last
 
 
