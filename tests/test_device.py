@@ -77,6 +77,13 @@ def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
 
 
+def fit_with_states(config, data) -> list[tuple[dict, dict]]:
+    """(state, record) of each evaluation of ``fit(config, data)``."""
+    pairs: list[tuple[dict, dict]] = []
+    list(fit(config, data, state_out=lambda state, record: pairs.append((state, record))))
+    return pairs
+
+
 def fused_records(configs, data):
     pairs = list(fit_many(configs, dataset=data))
     return [[r for i, r in pairs if i == m] for m in range(len(configs))]
@@ -235,10 +242,9 @@ def test_load_trained_scores_with_the_runs_deterministic_setting(tmp_path, phant
         ),
     )
     for deterministic in (True, False):
-        states = []
         config = {**BASE, "epochs": 2, "deterministic": deterministic}
-        list(fit(config, phantom, state_out=lambda s, r: states.append(s)))
-        save_checkpoint(tmp_path / str(deterministic), states[-1])
+        *_, (state, _) = fit_with_states(config, phantom)
+        save_checkpoint(tmp_path / str(deterministic), state)
         seen.clear()
         load_trained(tmp_path / str(deterministic)).score(phantom.test[:4])
         assert seen == [deterministic]
