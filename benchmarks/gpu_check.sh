@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for one GPU: at most 7 minutes (each step has a time limit; the
-# limits add up to 420 s), expected about 4 to 5. It has not yet been run on a GPU.
+# limits add up to 420 s), expected about 5. It has not yet been run on a GPU.
 #
 # Prints: versions and precision flags; the ae4ad-level device tests with their CUDA cases
 # (tests/test_device.py); same-seed reruns compared bit for bit with and without

@@ -52,7 +52,7 @@ def main() -> None:
     t0 = time.perf_counter()
     size = args.image_size
     data = ae4ad.load_dataset(
-        "phantom", image_size=size, n_train=512, n_val=64, n_test_normal=128,
+        "phantom", image_size=size, n_train=256, n_val=64, n_test_normal=128,
         n_test_abnormal=128,
     )  # fmt: skip
     blocks = 4 if size >= 64 else 2
