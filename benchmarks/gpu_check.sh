@@ -36,7 +36,7 @@ if [ "$DEVICE" = cuda ]; then
   THROUGHPUT=(--device cuda --seconds 8)
   FUSED=(--device cuda --models latent paper --ks 1 8 32 --threads 1 --repeats 1 --seconds 2)
 else
-  REPRO=(--device cpu --image-size 16 --epochs 2)
+  REPRO=(--device cpu --image-size 16 --epochs 2 --n-train 64)
   THROUGHPUT=(--device cpu --seconds 1 --image-size 16 --batch 16)
   FUSED=(--device cpu --models latent --ks 1 8 --threads 1 --repeats 1 --seconds 0.5)
 fi
@@ -69,10 +69,10 @@ print(f"float32 matmul precision {torch.get_float32_matmul_precision()}, cudnn.b
       f"algorithms {torch.are_deterministic_algorithms_enabled()}")
 EOF
 
-step 95 "$PY" -m pytest tests/test_device.py -q -p no:cacheprovider
-step 75 "$PY" benchmarks/gpu_reproducibility.py "${REPRO[@]}"
+step 80 "$PY" -m pytest tests/test_device.py -q -p no:cacheprovider
+step 100 "$PY" benchmarks/gpu_reproducibility.py "${REPRO[@]}"
 step 35 "$PY" benchmarks/gpu_throughput.py "${THROUGHPUT[@]}" --procs 1 --header
 step 55 "$PY" benchmarks/gpu_throughput.py "${THROUGHPUT[@]}" --procs 4
 step 55 "$PY" benchmarks/gpu_throughput.py "${THROUGHPUT[@]}" --procs 4 --bf16
-step 90 "$PY" benchmarks/fused_throughput.py "${FUSED[@]}"
+step 80 "$PY" benchmarks/fused_throughput.py "${FUSED[@]}"
 echo "gpu_check: $((SECONDS - STARTED)) s in all"

@@ -5,7 +5,7 @@ bundles with channels_last and bf16 against the same bundle channels-first. Used
 benchmarks/gpu_check.sh; prints one line per check.
 
 Usage: python benchmarks/gpu_reproducibility.py [--device cuda] [--image-size 64]
-       python benchmarks/gpu_reproducibility.py --device cpu --image-size 16  # smoke test
+       python benchmarks/gpu_reproducibility.py --device cpu --image-size 16 --n-train 64
 """
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--n-train", type=int, default=256, help="training images")
     args = parser.parse_args()
     t0 = time.perf_counter()
     size = args.image_size
     data = ae4ad.load_dataset(
-        "phantom", image_size=size, n_train=256, n_val=64, n_test_normal=128,
-        n_test_abnormal=128,
+        "phantom", image_size=size, n_train=args.n_train, n_val=32, n_test_normal=64,
+        n_test_abnormal=64,
     )  # fmt: skip
     blocks = 4 if size >= 64 else 2
     base = {
