@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from ae4ad.data import AnomalyDataset, load_dataset
+from ae4ad.device import training_process
 from ae4ad.models import AE, ConstrainedAE, build_model
 from ae4ad.train import (
     ConfigError,
@@ -70,7 +71,6 @@ from ae4ad.train import (
     _diverged_record,
     _evaluation_record,
     dataset_spec,
-    resolve_device,
     seed_everything,
     training_state,
 )
@@ -261,7 +261,8 @@ class FusedAE(nn.Module):
         """B x K x C x H x W -> K x B x D."""
         b, k = x.shape[:2]
         h = self.encoder(x.reshape(b, k * x.shape[2], *x.shape[3:]))
-        return self.to_latent(h.view(b, k, -1).transpose(0, 1))
+        # reshape, not view: a channels-last h is not contiguous in (C, H, W) order
+        return self.to_latent(h.reshape(b, k, -1).transpose(0, 1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """K x B x D -> B x K x C x H x W."""
@@ -355,7 +356,9 @@ class FusedAE(nn.Module):
                 if key in ("num_batches_tracked", "weight_mask", "bias_mask"):
                     continue
                 batched = isinstance(module, BatchedLinear)
-                member = (lambda x: x[i]) if batched else (lambda x: x.view(k, -1)[i])  # noqa: E731
+                member = (  # noqa: E731 (split dim 0 only: valid for channels-last weights)
+                    (lambda x: x[i]) if batched else (lambda x: x.view(k, -1, *x.shape[1:])[i])
+                )
                 member(t).fill_(1.0 if key == "running_var" else 0.0)
                 if optimizer is not None and isinstance(t, nn.Parameter):
                     for s in optimizer.state.get(t, {}).values():
@@ -397,10 +400,18 @@ def fit_many(
     reason = fusable(cfgs)
     if reason is not None:
         raise ConfigError(f"fit_many: {reason}")
+    with training_process(cfgs[0]) as device:  # threads, device, deterministic, memory
+        yield from _fit_bundle(cfgs, device, dataset, state_out)
+
+
+def _fit_bundle(
+    cfgs: list[TrainConfig],
+    device: torch.device,
+    dataset: AnomalyDataset | None,
+    state_out: Callable[[int, dict, dict], None] | None,
+) -> Iterator[tuple[int, dict]]:
+    """:func:`fit_many`'s body, run inside :func:`ae4ad.device.training_process`."""
     cfg0 = cfgs[0]
-    if cfg0.threads:
-        torch.set_num_threads(int(cfg0.threads))
-    device = resolve_device(cfg0.device)
     data = dataset if dataset is not None else load_dataset(cfg0.dataset, **cfg0.dataset_params)
     bundle = _build_bundle(cfgs, data, device)
     train = data.train.to(device)
@@ -474,9 +485,11 @@ class _Bundle:
                 )
             elif evaluate:
                 member = self.members[i].to(self.device)
+                if self.cfgs[i].channels_last:  # evaluated as fit and load_trained do
+                    member = member.to(memory_format=torch.channels_last)
                 member.load_state_dict(self.model.member_state(i, member))
                 record = _evaluation_record(
-                    member, self.data, self.cfgs[i], self.device, self.autocast, epoch, loss, clock
+                    member, self.data, self.cfgs[i], self.device, epoch, loss, clock
                 )
                 if record["status"] != "diverged" and state_out is not None:
                     state = self.member_training_state(
@@ -530,7 +543,7 @@ def _build_bundle(cfgs: list[TrainConfig], data: AnomalyDataset, device: torch.d
         global_rng.append((torch.get_rng_state(), np.random.get_state()))
     cfg0 = cfgs[0]
     model = FusedAE(members).to(device)
-    if cfg0.channels_last and device.type == "cuda":
+    if cfg0.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg0.lr, weight_decay=cfg0.weight_decay)
     k = len(cfgs)

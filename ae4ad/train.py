@@ -8,7 +8,7 @@ reconstructions.
 
 Example:
     >>> from ae4ad.train import fit
-    >>> config = {"dataset": "phantom", "model": "ae", "epochs": 1,
+    >>> config = {"dataset": "phantom", "model": "ae", "epochs": 1, "device": "cpu",
     ...           "dataset_params": {"image_size": 32, "n_train": 64, "n_val": 16,
     ...                              "n_test_normal": 16, "n_test_abnormal": 16},
     ...           "model_params": {"latent_dim": 4, "num_blocks": 3, "hidden_dim": 32}}
@@ -34,10 +34,12 @@ machine; only the timings differ):
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 
 from ae4ad.data import AnomalyDataset, load_dataset
+from ae4ad.device import DEVICE_PATTERN, DEVICE_RULE, training_process
 from ae4ad.latent import image_intrinsic_dimension, latent_statistics
 from ae4ad.models import build_model
 from ae4ad.scoring import SCORES, anomaly_map, image_metrics, image_scores, pixel_metrics
@@ -56,11 +59,6 @@ class _NonFiniteOutput(ArithmeticError):
 
 class ConfigError(ValueError):
     """A training config is invalid: the message names the key, value and what is allowed."""
-
-
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
-"""The devices a config may name; :data:`DEVICE_RULE` says it in words."""
-DEVICE_RULE = "expected auto, cpu, cuda or cuda:<index>"
 
 
 def default_eval_every(epochs: int) -> int:
@@ -93,6 +91,8 @@ class TrainConfig:
     score: str = "l2"
     bf16: bool = False
     channels_last: bool = False
+    deterministic: bool = False
+    gpu_memory_fraction: float | None = None  # CUDA only; None: no limit
     n_examples: int = 2
 
     @classmethod
@@ -130,12 +130,18 @@ class TrainConfig:
             raise ConfigError(f"score: expected one of {', '.join(SCORES)}, got {self.score!r}")
         if not (isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device)):
             raise ConfigError(f"device: {DEVICE_RULE}, got {self.device!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        for key in ("bf16", "channels_last", "deterministic"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
+        fraction = self.gpu_memory_fraction
+        if fraction is not None and (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0 < fraction <= 1
+        ):
+            raise ConfigError(
+                f"gpu_memory_fraction: expected a number in (0, 1] or null, got {fraction!r}"
+            )
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -151,16 +157,16 @@ def evaluate_images(
     score: str,
     batch_size: int,
     device: torch.device,
-    autocast: contextlib.AbstractContextManager | None = None,
     keep_maps: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Batched reconstruction of ``images``: latents, anomaly maps and image scores (CPU)."""
+    """Batched reconstruction of ``images``: latents, anomaly maps and image scores (CPU).
+    In the model's own precision (float32), never under autocast: training and
+    ``predict`` score alike."""
     model.eval()
     zs, maps, scores = [], [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
-        with autocast or contextlib.nullcontext():
-            out = model(x)
+        out = model(x)
         m = anomaly_map(x.float(), out["x_hat"].float(), score)
         zs.append(out["z"].float().cpu())
         scores.append(image_scores(m).cpu())
@@ -220,12 +226,12 @@ class _Clock:
 def _autocaster(
     cfg: TrainConfig, device: torch.device
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A fresh context for each forward pass: bf16 autocast when ``cfg.bf16`` on CUDA."""
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    """A fresh context for each training forward pass: bf16 autocast on the device when
+    ``cfg.bf16`` (CUDA and CPU alike; evaluation always runs in float32)."""
 
     def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     return autocast
@@ -257,26 +263,41 @@ def fit(
 
     ``state_out(state, record)``: called at every evaluation (not for a diverged run)
     before the record is yielded; the state holds copies of the tensors, on the CPU.
+
+    Device and precision (:mod:`ae4ad.device`): ``device`` is checked first (a device
+    the machine lacks is a :class:`ConfigError`); ``deterministic`` trains under
+    :func:`ae4ad.device.deterministic_mode`; ``gpu_memory_fraction`` caps the process's
+    CUDA memory; ``bf16`` autocasts the training passes only (evaluation is float32);
+    ``channels_last`` puts the model and training images in that layout on any device.
+    The first record after a resume that could not restore the CUDA RNG states carries
+    ``resume_note`` (and a RuntimeWarning says so).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
+    with training_process(cfg) as device:
+        yield from _fit(cfg, device, dataset, start_state, state_out)
+
+
+def _fit(
+    cfg: TrainConfig,
+    device: torch.device,
+    dataset: AnomalyDataset | None,
+    start_state: dict | None,
+    state_out: Callable[[dict, dict], None] | None,
+) -> Iterator[dict]:
+    """:func:`fit`'s body, run inside :func:`training_process`."""
     generator = seed_everything(cfg.seed)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
 
     model_params = {"image_size": data.image_size, "in_channels": data.in_channels}
     model_params.update(cfg.model_params)
     model = build_model(cfg.model, **model_params).to(device)
-    memory_format = torch.preserve_format
-    if cfg.channels_last and device.type == "cuda":
-        memory_format = torch.channels_last
-        model = model.to(memory_format=memory_format)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, progress = 0, {"train_time_s": 0.0, "images_seen": 0, "elapsed_s": 0.0}
+    start_epoch, progress, note = 0, {"train_time_s": 0.0, "images_seen": 0, "elapsed_s": 0.0}, None
     if start_state is not None:
-        start_epoch, progress = _restore(start_state, cfg, model, optimizer, generator)
+        start_epoch, progress, note = _restore(start_state, cfg, model, optimizer, generator)
     autocast = _autocaster(cfg, device)
 
     train = data.train.to(device).contiguous(memory_format=memory_format)
@@ -300,7 +321,7 @@ def fit(
                 epoch, mean_loss, clock.started, clock.train_time, clock.images_seen
             )
         elif cfg.evaluates_after(epoch):
-            record = _evaluation_record(model, data, cfg, device, autocast, epoch, mean_loss, clock)
+            record = _evaluation_record(model, data, cfg, device, epoch, mean_loss, clock)
             if record["status"] != "diverged" and state_out is not None:
                 timers = clock.timers(record["elapsed_s"])
                 state = training_state(
@@ -309,6 +330,8 @@ def fit(
                 state_out(state, {**base, **record})
         else:
             continue
+        if note is not None:  # the first record after a resume says what was not restored
+            record["resume_note"], note = note, None
         yield {**base, **record}
         if record["status"] == "diverged":
             return
@@ -355,11 +378,13 @@ def _evaluate(
     data: AnomalyDataset,
     cfg: TrainConfig,
     device: torch.device,
-    autocast,
     is_final: bool,
 ) -> dict:
+    """The metrics of one evaluation, computed in float32 whatever the training precision
+    (as :func:`ae4ad.trained.load_trained` scores: a bf16-trained run's scores are the
+    ones ``predict`` gives)."""
     ev = lambda images, keep: evaluate_images(  # noqa: E731
-        model, images, cfg.score, cfg.eval_batch_size, device, autocast(), keep_maps=keep
+        model, images, cfg.score, cfg.eval_batch_size, device, keep_maps=keep
     )
     train_eval = ev(data.train, False)
     test_eval = ev(data.test, True)
@@ -411,7 +436,6 @@ def _evaluation_record(
     data: AnomalyDataset,
     cfg: TrainConfig,
     device: torch.device,
-    autocast,
     epoch: int,
     loss: float,
     clock: _Clock,
@@ -429,7 +453,7 @@ def _evaluation_record(
         "images_per_s": clock.images_seen / train_time if train_time > 0 else float("nan"),
     }
     try:
-        record.update(_evaluate(model, data, cfg, device, autocast, is_final))
+        record.update(_evaluate(model, data, cfg, device, is_final))
     except _NonFiniteOutput as exc:
         record = _diverged_record(epoch, loss, clock.started, train_time, clock.images_seen)
         record["error"] = str(exc)
@@ -456,8 +480,12 @@ def _diverged_record(
     }
 
 
-# Config keys a start state may differ in: they do not change what is trained.
-_RESUMABLE_CHANGES = {"epochs", "eval_every", "eval_batch_size", "device", "threads", "n_examples"}
+# Config keys a start state may differ in: they do not change what is trained (states
+# written before deterministic and gpu_memory_fraction existed lack them).
+_RESUMABLE_CHANGES = {
+    "epochs", "eval_every", "eval_batch_size", "device", "threads", "n_examples",
+    "deterministic", "gpu_memory_fraction",
+}  # fmt: skip
 
 
 def _cpu(value):
@@ -492,16 +520,28 @@ def rng_states(generator: torch.Generator) -> dict:
     return states
 
 
-def set_rng_states(states: dict, generator: torch.Generator) -> None:
-    """Restore what :func:`rng_states` captured."""
+def set_rng_states(states: dict, generator: torch.Generator) -> str | None:
+    """Restore what :func:`rng_states` captured. Returns None, or why the CUDA RNG
+    states were not restored (saved for another number of GPUs than this process sees:
+    random draws on the GPU then continue from this process's own stream)."""
     torch.set_rng_state(states["torch"].cpu())
     generator.set_state(states["generator"].cpu())
     n = states["numpy"]
     keys = n["keys"].numpy().astype(np.uint32)
     np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     cuda = states.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+    if not cuda:
+        return None
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(cuda) == here:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        return None
+    return (
+        f"the CUDA RNG stream was not restored: the checkpoint holds the states of "
+        f"{len(cuda)} GPU(s), this process sees {here}; random draws on the GPU (e.g. a "
+        "VAE's sampling) continue from a fresh stream, so the resumed run is not "
+        "bit-identical to an uninterrupted one"
+    )
 
 
 def training_state(
@@ -542,14 +582,15 @@ def _restore(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-) -> tuple[int, dict]:
+) -> tuple[int, dict, str | None]:
     """Load ``state`` into the freshly built model and optimiser; returns the epoch it
-    was taken at and its timers."""
+    was taken at, its timers and what of it was not restored (see
+    :func:`set_rng_states`; also warned)."""
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ConfigError(f"start_state: expected a {STATE_FORMAT} state, got {found!r}")
-    saved = state.get("config") or {}
     now = config_to_dict(cfg)
+    saved = state.get("config") or {}
     canonical = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
     for key in sorted(set(saved) | set(now)):
         if key not in _RESUMABLE_CHANGES and canonical(saved.get(key)) != canonical(now.get(key)):
@@ -563,9 +604,13 @@ def _restore(
             f"start_state: taken at epoch {epoch}, nothing left to train with epochs={cfg.epochs}"
         )
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
-    set_rng_states(state["rng"], generator)
-    return epoch, dict(state.get("timers") or {})
+    # a copy: on the same device Adam would adopt the state's tensors and train them in
+    # place, so a second resume from the same state would start from moved moments
+    optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+    note = set_rng_states(state["rng"], generator)
+    if note is not None:
+        warnings.warn(f"resume from epoch {epoch}: {note}", RuntimeWarning, stacklevel=2)
+    return epoch, dict(state.get("timers") or {}), note
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

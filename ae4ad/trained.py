@@ -277,8 +277,10 @@ class TrainedModel:
 
     def score(self, images: torch.Tensor, keep_maps: bool = True) -> dict[str, np.ndarray]:
         """Anomaly ``scores`` (N) and ``maps`` (N x 1 x S x S) of preprocessed images,
-        computed exactly as training evaluates (batched, inference mode, with the
-        trial's torch threads: the run's very numbers on the same machine)."""
+        computed exactly as training evaluates (batched, inference mode, float32, with the
+        trial's torch threads and deterministic setting: the run's very numbers on the
+        same machine)."""
+        from ae4ad.device import deterministic_mode
         from ae4ad.train import evaluate_images
 
         if images.ndim != 4 or tuple(images.shape[1:]) != (
@@ -294,15 +296,16 @@ class TrainedModel:
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
-        try:
-            out = evaluate_images(
-                self.model,
-                images,
-                self.score_name,
-                self.batch_size,
-                self.device,
-                keep_maps=keep_maps,
-            )
+        try:  # with the run's precision settings (TF32 off in deterministic mode)
+            with deterministic_mode(bool(self.config.get("deterministic"))):
+                out = evaluate_images(
+                    self.model,
+                    images,
+                    self.score_name,
+                    self.batch_size,
+                    self.device,
+                    keep_maps=keep_maps,
+                )
         finally:
             torch.set_num_threads(previous)
         result = {"scores": out["scores"].numpy()}
@@ -325,7 +328,19 @@ def load_trained(
     or, without ``trial_id``, the model file or checkpoint folder ``run_dir`` names.
     Loads weights only (``torch.load(..., weights_only=True)``).
 
-    Raises :class:`TrainedModelError` naming the path when there is no such model."""
+    ``device``: ``cpu``, ``cuda``, ``cuda:<index>`` or ``auto`` (a GPU when PyTorch sees
+    one); the file is read on the CPU and the model moved there, so a model trained on a
+    GPU loads on any machine.
+
+    Raises :class:`TrainedModelError` naming the path when there is no such model, and
+    for a device this machine lacks."""
+    from ae4ad.device import resolve_device
+    from ae4ad.train import ConfigError
+
+    try:
+        device = resolve_device(str(device))
+    except ConfigError as exc:
+        raise TrainedModelError(str(exc)) from None
     base = Path(run_dir)
     if trial_id is not None:
         path = base / "models" / f"{trial_id}.pt"
@@ -340,8 +355,7 @@ def load_trained(
         path = base / MODEL_FILE
     else:
         path = base
-    device = torch.device(device)
-    payload = _load(path, device)
+    payload = _load(path)
     if payload.get("format") != MODEL_FORMAT:
         raise TrainedModelError(f"{path}: not an {MODEL_FORMAT} file")
     spec, data = payload["model_spec"], payload["data"]
@@ -352,6 +366,8 @@ def load_trained(
         text = " ".join(str(exc).split())[:200]
         raise TrainedModelError(f"{path}: the weights do not fit the model ({text})") from None
     model = model.to(device).eval()
+    if (payload.get("config") or {}).get("channels_last"):  # the layout it was evaluated in
+        model = model.to(memory_format=torch.channels_last)
     low, high = data.get("value_range", (-1.0, 1.0))
     return TrainedModel(
         model=model,

@@ -205,7 +205,11 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "(normal/ and abnormal/ parent folders): prints AUC and AP",
     )
     parser.add_argument("--no-maps", action="store_true", help="write scores only")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:<index> or auto (a GPU when there is one)",
+    )
     return parser
 
 

@@ -171,6 +171,7 @@ def check_resources(space: Space, nodes: Sequence[Mapping[str, float]]) -> dict[
                 f"resources.gpus_per_trial: {fmt(gpus)} GPUs per trial, but the largest node "
                 f"has {fmt(most_gpus)}"
             )
+    _check_device(space, gpus, cluster_gpus)
     for key in res.custom or {}:
         have = [float(n.get(key, 0)) for n in nodes]
         if max(have) <= 0:
@@ -193,6 +194,19 @@ def check_resources(space: Space, nodes: Sequence[Mapping[str, float]]) -> dict[
             + ", ".join(f"{k}={fmt(v)}" for k, v in bundle.items())
         )
     return bundle
+
+
+def _check_device(space: Space, gpus: float, cluster_gpus: float) -> None:
+    """``training.device`` against the GPUs a trial gets on this cluster (what the
+    preflight could not tell for ``gpus_per_trial: auto``)."""
+    from study.devices import device_resource_error
+
+    spec = space.training.get("device")
+    for device in [str(v) for v in spec.candidates()] if spec is not None else []:
+        reason = device_resource_error(device, gpus)
+        if reason is not None:
+            how = f"{gpus:g} GPUs per trial on a cluster with {cluster_gpus:g} GPUs"
+            raise StudyError(f"training.device: {reason} ({how})")
 
 
 def concurrency(space: Space, bundle: Mapping[str, float], nodes: Sequence[Mapping]) -> int:

@@ -49,7 +49,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ae4ad.train import DEVICE_PATTERN, DEVICE_RULE
+from ae4ad.device import DEVICE_PATTERN, DEVICE_RULE
 
 __all__ = [
     "MODEL_PARAM_RULES",
@@ -229,6 +229,10 @@ TRAINING_RULES: dict[str, Rule] = {
     ),
     "bf16": _BOOL,
     "channels_last": _BOOL,
+    "deterministic": _BOOL,
+    "gpu_memory_fraction": _rule(
+        "float", "expected a number in (0, 1] (the share of GPU memory)", True, gt=0, le=1
+    ),
 }
 
 

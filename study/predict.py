@@ -220,11 +220,18 @@ def predict(
     device: str = "cpu",
 ) -> PredictResult:
     """Score ``inputs`` (files and folders) with the kept model(s) of ``trial`` in
-    ``run_dir``; writes scores.csv, maps/ and predict.json under ``out_dir``."""
+    ``run_dir``; writes scores.csv, maps/ and predict.json under ``out_dir``. ``device``:
+    cpu, cuda, cuda:<index> or auto (a GPU when PyTorch sees one), checked first."""
     from ae4ad.data import DataError
+    from ae4ad.device import resolve_device
     from ae4ad.scoring import image_metrics
+    from ae4ad.train import ConfigError
     from ae4ad.trained import TrainedModelError, list_inputs, load_trained
 
+    try:
+        device = str(resolve_device(device))
+    except ConfigError as exc:
+        raise PredictError(f"--{exc}") from None
     run_dir = Path(run_dir)
     rows = resolve_trials(run_dir, trial)
     roots = [Path(p) for p in inputs]

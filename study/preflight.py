@@ -1,5 +1,6 @@
 """Checks of a validated space that look past its schema, run when the space is loaded
-(and so by ``--dry-run``, before Ray starts): every distinct model config is built once,
+(and so by ``--dry-run``, before Ray starts): the training device against the GPUs a
+trial is given (:func:`device_check`), and every distinct model config built once,
 cheaply.
 
 A model that cannot be built for its data set (``image_size: 30`` with
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from study.schema import DatasetSpec, Space
 
-__all__ = ["ModelCheck", "model_checks", "preflight"]
+__all__ = ["ModelCheck", "device_check", "model_checks", "preflight"]
 
 MAX_COMBINATIONS = 256  # per (data set, model): beyond, each value is tried on its own
 
@@ -119,13 +120,38 @@ def _build_error(build_model: Callable, model: str, params: tuple) -> str | None
     return None
 
 
-def preflight(space: Space, file: str | None = None) -> None:
-    """Build every distinct model config of ``space`` once on the meta device, for its
-    data set's image size and channels; a config that fails raises SpaceError with the
-    model's own message. Skipped when ae4ad.models has no
-    ``build_model`` (a stand-in registry)."""
+def device_check(space: Space, file: str | None = None) -> None:
+    """Raise SpaceError when ``training.device`` asks for GPUs that
+    ``resources.gpus_per_trial`` does not give a trial (:mod:`study.devices`).
+
+    >>> from study.space import load_space
+    >>> load_space("smoke", ["training.device=cuda", "resources.gpus_per_trial=0"])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    study.schema.SpaceError: smoke.yaml: training.device: cuda needs a GPU, but ...
+    """
+    from study.devices import device_resource_error
     from study.schema import SpaceError
 
+    spec = space.training.get("device")
+    devices = [str(v) for v in spec.candidates()] if spec is not None else []
+    for device in devices:
+        reason = device_resource_error(device, space.resources.gpus_per_trial)
+        if reason is not None:
+            file = file or (space.path.name if space.path is not None else "<space>")
+            raise SpaceError(f"{file}: training.device: {reason}")
+
+
+def preflight(space: Space, file: str | None = None) -> None:
+    """Check ``training.device`` against the resources (:func:`device_check`), then build
+    every distinct model config of ``space`` once on the meta device, for its data set's
+    image size and channels; a config that fails raises SpaceError with the model's own
+    message. The builds are skipped when ae4ad.models has no ``build_model`` (a stand-in
+    registry)."""
+    from study.schema import SpaceError
+
+    device_check(space, file)
     try:
         build_model = getattr(importlib.import_module("ae4ad.models"), "build_model", None)
     except ImportError:

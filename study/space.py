@@ -117,6 +117,8 @@ FIT_KEYS = (
     "score",
     "bf16",
     "channels_last",
+    "deterministic",
+    "gpu_memory_fraction",
 )
 HARNESS_KEYS = ("dataset_label", "model_label", "stratum")
 # The training defaults are ae4ad's (TrainConfig; eval_every: default_eval_every(epochs),
@@ -405,7 +407,7 @@ def _config(
         "seed": seed,
         "threads": space.resources.threads,
     }
-    for key in ("bf16", "channels_last"):
+    for key in ("bf16", "channels_last", "deterministic", "gpu_memory_fraction"):
         if key in training:
             cfg[key] = training[key]
     return cfg
@@ -495,13 +497,15 @@ def _slug(text: str, limit: int = 24) -> str:
 def trial_id(config: Mapping[str, Any]) -> str:
     """A stable, filesystem-safe id of a trial config: a readable part
     (``<dataset>-<model>-d<latent_dim>-s<seed>``) and 10 hex chars of the sha1 of the
-    config's canonical JSON, without device and threads (they do not change results).
+    config's canonical JSON, without device, threads and gpu_memory_fraction (they do not
+    change results).
 
     >>> trial_id({"dataset_label": "phantom", "model_label": "ae", "seed": 0,
     ...           "model_params": {"latent_dim": 16}})
     'phantom-ae-d16-s0-883fb33ad9'
     """
-    payload = {k: v for k, v in config.items() if k not in ("device", "threads", "trial_id")}
+    skip = ("device", "threads", "gpu_memory_fraction", "trial_id")  # results do not change
+    payload = {k: v for k, v in config.items() if k not in skip}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
     parts = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from ae4ad.metrics import FINITE_WORST, METRICS
 from study.space import fit_config
 
-__all__ = ["objective_stand_in", "reported", "train_trial"]
+__all__ = ["device_settings", "objective_stand_in", "reported", "train_trial"]
 
 
 def objective_stand_in(metric: str, mode: str) -> float:
@@ -56,6 +57,24 @@ def _start_state(sources: Sequence[Any]) -> tuple[dict | None, list[dict], str |
         except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint: try the next one
             errors.append(f"{source.path}: {type(exc).__name__}: {exc}"[:300])
     return None, [], "; ".join(errors) or None
+
+
+def device_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``device`` and ``gpu_memory_fraction`` a trial's ``ae4ad.fit`` config gets
+    from the GPUs Ray assigned this worker (:mod:`study.devices`): ``auto`` is the CPU
+    when Ray assigned none; the memory fraction is the trial's GPU share below one GPU,
+    unless the space sets ``training.gpu_memory_fraction``."""
+    import ray
+
+    from study.devices import memory_fraction, noset_visible_devices, trial_device
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    device = trial_device(
+        str(config.get("device", "auto")), ray.get_gpu_ids(), visible, noset_visible_devices()
+    )
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    fraction = memory_fraction(device, share, config.get("gpu_memory_fraction"))
+    return {"device": device, "gpu_memory_fraction": fraction}
 
 
 def train_trial(
@@ -109,7 +128,7 @@ def train_trial(
         extra["gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())
     states: list[dict] = []
     fit = ae4ad.fit(
-        fit_config(config),
+        fit_config(config) | device_settings(config),
         dataset=data,
         start_state=start_state,
         state_out=lambda state, record: states.append(state),
@@ -196,7 +215,8 @@ def _train_bundle(
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra["gpu_ids"] = ",".join(gpu_ids)
-    report_bundle([fit_config(m) for m in members], data, members, objective, extra)
+    settings = device_settings(members[0])  # the bundle's GPU share, not a member's
+    report_bundle([fit_config(m) | settings for m in members], data, members, objective, extra)
 
 
 def report_bundle(

@@ -31,6 +31,7 @@ BASE = {
     "eval_every": 2,
     "seed": 3,
     "threads": 1,
+    "device": "cpu",  # exact comparisons are CPU facts (CUDA: tests/test_device.py)
 }
 TIMING = ("elapsed_s", "images_per_s", "train_time_s")
 

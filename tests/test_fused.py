@@ -25,6 +25,7 @@ BASE = {
     "eval_every": 2,
     "batch_size": 16,
     "threads": 1,
+    "device": "cpu",  # exact comparisons are CPU facts (CUDA: tests/test_device.py)
     "model_params": {"num_blocks": 3, "hidden_dim": 32, "base_width": 4},
 }
 TIMINGS = ("elapsed_s", "train_time_s", "images_per_s")

@@ -45,6 +45,7 @@ BASE = {
     "eval_every": 2,
     "seed": 0,
     "threads": 1,
+    "device": "cpu",  # exact comparisons are CPU facts (CUDA: tests/test_device.py)
 }
 
 

@@ -2,11 +2,12 @@
 
 The runner's resource bundle for ``gpus_per_trial: 0.5`` runs four trials at once on two
 GPUs, each trial is given one GPU id by Ray, no GPU holds more than two, and inside the
-trial Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPU it assigned; ``device: auto`` (with
-``torch.cuda`` mocked as available) is ``cuda``, the first visible GPU, i.e. that one.
-
-Not covered: with ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` set, every trial would
-see all GPUs and ``cuda`` would be GPU 0 for all of them.
+trial Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPU it assigned; the trial's device
+(:func:`study.trainable.device_settings`) is ``cuda:0``, i.e. that one, with its GPU share
+as its memory fraction. A trial given no GPU trains on the CPU whatever
+``CUDA_VISIBLE_DEVICES`` says (Ray leaves it unset); with
+``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` the assigned id is looked up among the
+visible GPUs. Devices the resources cannot give are refused before Ray starts.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from unittest import mock
 import pytest
 import torch
 
+from ae4ad import ConfigError
 from study import cluster, runner
+from study.devices import NOSET_ENV, trial_device
+from study.plan import StudyError
 from study.runner import RunOptions, check_resources
+from study.schema import SpaceError
 from study.space import load_space
 
 
@@ -33,8 +38,114 @@ def physical_gpu(device: torch.device, visible: str) -> str:
     return visible.split(",")[index]
 
 
+@pytest.mark.parametrize(
+    "requested, ids, visible, noset, expected",
+    [
+        ("auto", [], None, False, "cpu"),  # no GPU assigned: the CPU, though torch sees GPUs
+        ("auto", [], "0,1", False, "cpu"),
+        ("cpu", ["1"], "1", False, "cpu"),
+        ("auto", ["1"], "1", False, "cuda:0"),  # Ray narrowed CUDA_VISIBLE_DEVICES to GPU 1
+        ("cuda", ["1"], "1", False, "cuda:0"),
+        ("cuda:1", ["2", "3"], "2,3", False, "cuda:1"),
+        ("auto", [1], None, True, "cuda:1"),  # NOSET, all GPUs visible: the assigned id
+        ("auto", ["5"], "2,5,7", True, "cuda:1"),  # NOSET: its place among the visible ones
+        ("cuda:1", ["2", "7"], "2,5,7", True, "cuda:2"),
+    ],
+)
+def test_trial_device_is_the_assigned_gpu(requested, ids, visible, noset, expected):
+    assert trial_device(requested, ids, visible, noset) == expected
+
+
+def test_trial_device_refuses_gpus_ray_did_not_assign():
+    with pytest.raises(ConfigError, match=r"'cuda', but Ray assigned this trial 0 GPU\(s\)"):
+        trial_device("cuda", [], None)
+    with pytest.raises(ConfigError, match=r"'cuda:1', but Ray assigned this trial 1 GPU"):
+        trial_device("cuda:1", ["0"], "0")
+    with pytest.raises(ConfigError, match="assigned GPU 4, which CUDA_VISIBLE_DEVICES=0,1"):
+        trial_device("auto", ["4"], "0,1", noset=True)
+
+
+def test_device_settings_follow_rays_assignment(monkeypatch):
+    """The trainable's device and memory fraction, with Ray's answers monkeypatched."""
+    runner.prepare_environment(local=True)  # before the first import of ray
+    import ray
+
+    from study.trainable import device_settings
+
+    def assigned(ids, share):
+        monkeypatch.setattr(ray, "get_gpu_ids", lambda: ids)
+        context = mock.Mock()
+        context.get_assigned_resources.return_value = {"CPU": 1.0, "GPU": share} if ids else {}
+        monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+
+    monkeypatch.delenv(NOSET_ENV, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # Ray 2.60, 0 GPUs: unset
+    assigned([], 0)
+    assert device_settings({"device": "auto"}) == {"device": "cpu", "gpu_memory_fraction": None}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assigned(["3"], 0.25)
+    assert device_settings({"device": "auto"}) == {
+        "device": "cuda:0",
+        "gpu_memory_fraction": 0.25,
+    }
+    assert device_settings({"device": "auto", "gpu_memory_fraction": 0.5}) == {
+        "device": "cuda:0",
+        "gpu_memory_fraction": 0.5,
+    }
+    assigned(["3"], 1.0)  # a whole GPU: no limit
+    assert device_settings({})["gpu_memory_fraction"] is None
+    monkeypatch.setenv(NOSET_ENV, "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert device_settings({"device": "cuda"})["device"] == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["training.device=cuda", "resources.gpus_per_trial=0"], "cuda needs a GPU"),
+        (["training.device=cuda:0", "resources.gpus_per_trial=0"], "cuda:0 needs a GPU"),
+        (
+            ["training.device=cuda:1", "resources.gpus_per_trial=0.25"],
+            r"cuda:1 needs 2 GPUs per trial, but gpus_per_trial is 0.25 \(a trial sees 1 GPU",
+        ),
+        (
+            ["training.device=cuda:2", "resources.gpus_per_trial=2"],
+            r"cuda:2 needs 3 GPUs.*\(a trial sees 2 GPUs",
+        ),
+        (["training.device=cuda:1"], "cuda:1 needs 2 GPUs per trial, but gpus_per_trial is auto"),
+    ],
+)
+def test_devices_the_resources_cannot_give_are_refused_before_ray(overrides, message):
+    with pytest.raises(SpaceError, match=f"smoke.yaml: training.device: {message}"):
+        load_space("smoke", overrides)
+
+
+def test_devices_the_resources_give_pass(capsys):
+    for overrides in (
+        ["training.device=cuda:1", "resources.gpus_per_trial=2"],
+        ["training.device=cuda", "resources.gpus_per_trial=0.5"],
+        ["training.device=cuda"],  # auto: the cluster tells (below)
+        ["training.device=cpu", "resources.gpus_per_trial=1"],
+        ["training.device=auto", "resources.gpus_per_trial=0"],
+    ):
+        load_space("smoke", overrides)
+    space = load_space("smoke", ["training.device=cuda"])
+    assert check_resources(space, [{"CPU": 4.0, "GPU": 1.0}]) == {"CPU": 1.0, "GPU": 0.25}
+    with pytest.raises(StudyError, match="training.device: cuda needs a GPU.*0 GPUs"):
+        check_resources(space, [{"CPU": 4.0}])
+
+
+def test_the_cli_refuses_an_impossible_device_in_one_line(capsys):
+    from study.cli import main
+
+    argv = ["--space", "smoke", "--dry-run", "--override", "training.device=cuda:1"]
+    assert main([*argv, "--override", "resources.gpus_per_trial=0.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: smoke.yaml: training.device: cuda:1") and "\n" not in err
+
+
 def test_physical_gpu_of_device_auto_with_cuda_mocked(monkeypatch):
-    from ae4ad.train import resolve_device
+    from ae4ad.device import resolve_device
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # what Ray sets for a trial on GPU 1
     with mock.patch.object(torch.cuda, "is_available", return_value=True):
@@ -69,6 +180,25 @@ def probe(config: dict) -> None:
             "visible": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "running_at_once": len(running),
             "running_gpu_ids": json.dumps(running),
+        }
+    )
+
+
+def device_probe(config: dict) -> None:
+    """A trial that reports the device and memory fraction the trainable gives it."""
+    import ray
+    from ray import tune
+
+    from study.trainable import device_settings
+
+    settings = device_settings({"device": "auto"})
+    tune.report(
+        {
+            "gpus": config["gpus"],
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+            "device": settings["device"],
+            "fraction": settings["gpu_memory_fraction"],
         }
     )
 
@@ -165,6 +295,7 @@ def test_a_study_on_declared_gpus_records_the_assigned_ids_and_bundles_take_thei
         runner.run_study(space, RunOptions(report=False, progress_interval_s=3600, out=out))
         rows = pd.read_parquet(space.run_dir / "trials.parquet")
         assert (rows["status"] == "completed").all() and len(rows) == 4, out.getvalue()
+        assert (rows["device"] == "cpu").all()  # the device used, as training.device says
         ids = rows["gpu_ids"].astype(str)
         assert set(ids) <= {"0", "1"} and all("," not in i for i in ids)
         if fuse == "off":
@@ -173,3 +304,57 @@ def test_a_study_on_declared_gpus_records_the_assigned_ids_and_bundles_take_thei
             assert "fused: 4 trials in 2 bundles of up to 2 members" in out.getvalue()
             assert rows.groupby("bundle_id")["gpu_ids"].nunique().eq(1).all()
             assert rows["bundle_id"].nunique() == 2
+
+
+@pytest.fixture
+def ray_with_two_gpus_noset(monkeypatch):
+    """Two declared GPUs, and Ray told to leave CUDA_VISIBLE_DEVICES alone."""
+    runner.prepare_environment(local=True)
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv(NOSET_ENV, "1")  # workers inherit it from the raylet
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    runner.start_ray(RunOptions(num_cpus=2, num_gpus=2))
+    yield ray
+    ray.shutdown()
+
+
+def test_trials_use_the_gpu_ray_assigned_also_with_noset(tmp_path, ray_with_two_gpus_noset):
+    """In real Ray workers: a trial given no GPU is on the CPU; with NOSET every trial
+    sees all GPUs (CUDA_VISIBLE_DEVICES unset) and trains on the one Ray assigned."""
+    from ray import cloudpickle, tune
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    trainable = tune.with_resources(
+        device_probe,
+        lambda config: tune.PlacementGroupFactory(
+            [{"CPU": 0.5, **({"GPU": config["gpus"]} if config["gpus"] else {})}]
+        ),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"gpus": tune.grid_search([0, 0.5, 1, 1])},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    rows = sorted((r.metrics for r in results), key=lambda r: r["gpus"])
+    assert [r["gpus"] for r in rows] == [0, 0.5, 1, 1]
+    assert rows[0]["device"] == "cpu" and rows[0]["fraction"] is None and not rows[0]["gpu_ids"]
+    for row in rows[1:]:
+        assert row["visible"] == "<unset>"  # NOSET: Ray did not narrow it
+        assert row["device"] == f"cuda:{row['gpu_ids']}"  # the assigned GPU, not GPU 0
+    assert rows[1]["fraction"] == 0.5 and rows[2]["fraction"] is None
+
+
+def test_gpu_memory_fraction_does_not_change_trial_ids():
+    from study.space import grid_trials, trial_id
+
+    def ids(*overrides: str) -> list[str]:
+        return [trial_id(c) for c in grid_trials(load_space("smoke", list(overrides)))]
+
+    assert ids() == ids("training.gpu_memory_fraction=0.4")  # a cap, not a result
+    assert ids() != ids("training.deterministic=true")  # other numbers on a GPU
+    capped = grid_trials(load_space("smoke", ["training.gpu_memory_fraction=0.4"]))
+    assert all(c["gpu_memory_fraction"] == 0.4 for c in capped)

@@ -179,8 +179,9 @@ def test_killed_driver_then_resume_continues_from_checkpoints(tmp_path):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
+    # --num-gpus 0: CPU numbers, also on a machine with GPUs
     command = [sys.executable, "run_study.py", "--space", str(path), "--no-report",
-               "--num-cpus", "2"]  # fmt: skip
+               "--num-cpus", "2", "--num-gpus", "0"]  # fmt: skip
     try:
         first = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -96,8 +96,9 @@ def test_resume_after_kill_runs_each_planned_trial_once(tmp_path, ray_tmp):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
+    # --num-gpus 0: CPU numbers, also on a machine with GPUs
     command = [sys.executable, "run_study.py", "--space", str(space_path), "--no-report",
-               "--num-cpus", "2"]  # fmt: skip
+               "--num-cpus", "2", "--num-gpus", "0"]  # fmt: skip
 
     first = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

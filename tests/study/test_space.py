@@ -113,7 +113,7 @@ MALFORMED = [
         "unknown-key-no-match",
         setter("training.zzz", 3),
         "training.zzz: unknown key; allowed: epochs, batch_size, lr, weight_decay, eval_every, "
-        "score, device, bf16, channels_last",
+        "score, device, bf16, channels_last, deterministic, gpu_memory_fraction",
     ),
     (
         "unknown-dataset-key",
