@@ -342,3 +342,18 @@ def test_noise_sigma_smooths_the_noise():
     # unit standard deviation per image before the amplitude, as the white noise has
     ratio = float((smooth - clean).std() / (white - clean).std())
     assert 0.8 < ratio < 1.25, ratio
+
+
+def test_a_trials_final_record_carries_known_dim():
+    from ae4ad.train import fit
+
+    config = {
+        "dataset": "phantom", "model": "ae", "epochs": 2, "eval_every": 1, "batch_size": 16,
+        "dataset_params": {"n_train": 32, "n_val": 8, "n_test_normal": 8, "n_test_abnormal": 8,
+                           "intrinsic_dim": 2, "texture_rank": 6},
+        "model_params": {"latent_dim": 2, "num_blocks": 3, "hidden_dim": 16},
+    }  # fmt: skip
+    records = list(fit(config))
+    assert records[-1]["known_dim"] == 8 and "known_dim" not in records[0]
+    config["dataset_params"].pop("texture_rank")
+    assert list(fit(config))[-1]["known_dim"] is None
