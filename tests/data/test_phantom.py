@@ -310,7 +310,7 @@ def test_a_larger_texture_rank_adds_modes_to_the_same_images():
 # texture 0.1 per mode and white noise 0.005. Measured ratio estimate / known over seeds
 # 0-4: 0.89-1.12 at known 4 and 8, 0.79-0.87 at 16 (both estimators). Tolerances: +-20 %
 # up to 8; at 16, 0.7-1.0: both estimators read low at that dimension with 1000 points
-# (0.86 on 1000 Gaussian points in R^16), whatever the data.
+# (TwoNN 0.83-0.88, MLE 0.81-0.82 on 1000 Gaussian points in R^16), whatever the data.
 @pytest.mark.parametrize(
     ("k", "t", "low", "high"),
     [(4, 0, 0.8, 1.2), (2, 2, 0.8, 1.2), (0, 8, 0.8, 1.2), (2, 6, 0.8, 1.2), (4, 12, 0.7, 1.0)],
