@@ -335,6 +335,17 @@ METRICS: dict[str, Metric] = dict(
             description="Levina-Bickel MLE on the training images (final record only)",
         ),
         _m(
+            "known_dim",
+            None,
+            "known dimension of the normal images",
+            "dimensions",
+            split="train",
+            group="data",
+            description="the dimension of the manifold the normal images lie on, where the "
+            "data set knows it (the phantom with a finite texture_rank, docs/phantom.md); "
+            "empty otherwise (final record only)",
+        ),
+        _m(
             "train_loss",
             "min",
             "training loss",
@@ -360,7 +371,7 @@ def names(group: str | None = None, *, objective: bool | None = None) -> tuple[s
     ('latent_entropy_gaussian', 'latent_entropy_knn', 'latent_effective_rank', \
 'latent_participation_ratio', 'latent_intrinsic_dim')
     >>> names("data", objective=False)
-    ('image_intrinsic_dim_twonn', 'image_intrinsic_dim_mle')
+    ('image_intrinsic_dim_twonn', 'image_intrinsic_dim_mle', 'known_dim')
     """
     if group is not None and group not in GROUPS:
         raise KeyError(f"unknown metric group {group!r}; known: {', '.join(GROUPS)}")

@@ -427,6 +427,7 @@ def _evaluate(
         rec["scores"] = scores.tolist()
         rec["labels"] = labels.tolist()
         rec.update(image_intrinsic_dimension(data.train.numpy()))
+        rec["known_dim"] = (data.info or {}).get("known_dim")
         rec["examples"] = _examples(model, data, test_eval["maps"], cfg.n_examples, device)
     return rec
 

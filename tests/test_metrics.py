@@ -53,7 +53,9 @@ def test_worst_values():
 
 def test_directionless_metrics_are_descriptions_not_objectives():
     described = [name for name, m in METRICS.items() if m.direction is None]
-    assert described == ["dice_threshold", "image_intrinsic_dim_twonn", "image_intrinsic_dim_mle"]
+    assert described == [
+        "dice_threshold", "image_intrinsic_dim_twonn", "image_intrinsic_dim_mle", "known_dim",
+    ]  # fmt: skip
     assert not set(described) & set(OBJECTIVES)
     assert set(OBJECTIVES) | set(described) == set(METRICS)
     with pytest.raises(ValueError, match="no direction"):

@@ -52,10 +52,12 @@ __all__ = [
     "Factor",
     "PhantomImages",
     "PhantomParams",
+    "MAX_TEXTURE_RANK",
     "factor_names",
     "factors_of",
     "generate_images",
     "load_phantom",
+    "texture_modes",
 ]
 
 
@@ -112,6 +114,8 @@ _STREAM_FACTORS, _STREAM_TEXTURE, _STREAM_NOISE, _STREAM_LESION = 0, 1, 2, 3
 _CHUNK_PIXELS = 2**18  # pixels rendered at once (keeps the working arrays in cache)
 _N_CANDIDATES = 48  # lesion centre candidates per image
 _LESION_CONTRAST_DEFAULT = (0.3, 0.6)
+MAX_TEXTURE_RANK = 128
+"""The largest ``texture_rank``: the modes of total frequency up to 15."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -330,6 +334,25 @@ class PhantomParams:
     lesion_contrast: tuple[float, float] = _LESION_CONTRAST_DEFAULT
     variant: str = "brain"
     seed: int = 0
+    texture_rank: int | None = None
+    noise_sigma: float = 0.0
+
+    @property
+    def known_dim(self) -> int | None:
+        """The dimension of the manifold the normal images lie on, up to pixel noise:
+        ``intrinsic_dim + texture_rank`` with a finite texture (``intrinsic_dim`` when
+        ``texture`` is 0); None for the default texture, a field of unbounded dimension.
+
+        >>> PhantomParams(intrinsic_dim=4, texture_rank=8).known_dim
+        12
+        >>> PhantomParams().known_dim is None, PhantomParams(texture=0.0).known_dim
+        (True, 6)
+        """
+        if float(self.texture) == 0.0:
+            return int(self.intrinsic_dim)
+        if self.texture_rank is None:
+            return None
+        return int(self.intrinsic_dim) + int(self.texture_rank)
 
     def validated(self) -> PhantomParams:
         """Check every value; return a copy with normalised types or raise DataError."""
@@ -362,6 +385,14 @@ class PhantomParams:
                 raise bad(name, f"a number in [0, {hi}]")
         if not _is_real(self.texture_sigma) or not 0.0 < float(self.texture_sigma) <= 32.0:
             raise bad("texture_sigma", "a number in (0, 32] (pixels at 64 x 64)")
+        if not _is_real(self.noise_sigma) or not 0.0 <= float(self.noise_sigma) <= 32.0:
+            raise bad("noise_sigma", "a number in [0, 32] (pixels at 64 x 64; 0: white noise)")
+        rank = self.texture_rank
+        if rank is not None and (not _is_int(rank) or not 0 <= rank <= MAX_TEXTURE_RANK):
+            raise bad(
+                "texture_rank",
+                f"null (a texture of unbounded dimension) or an int in 0..{MAX_TEXTURE_RANK}",
+            )
         if not _is_int(self.seed) or self.seed < 0:
             raise bad("seed", "an int >= 0")
         return PhantomParams(
@@ -379,6 +410,8 @@ class PhantomParams:
             lesion_contrast=_range_param("lesion_contrast", self.lesion_contrast, 0.0, 1.0, True),
             variant=self.variant,
             seed=int(self.seed),
+            texture_rank=None if rank is None else int(rank),
+            noise_sigma=float(self.noise_sigma),
         )
 
 
@@ -464,6 +497,41 @@ def _draw_lesions(
     }
 
 
+def texture_modes(rank: int) -> list[tuple[int, int]]:
+    """The frequencies (p, q) of the first ``rank`` modes of a finite texture, in order:
+    by total frequency p + q, then by q. Mode (p, q) is ``c(p, u) * c(q, v)`` with
+    ``c(p, u) = cos(pi * p * u)`` (times sqrt 2 for p > 0, so that each mode has unit
+    mean square on [0, 1]^2), where u, v map the object coordinates x, y of the box
+    in which lesions are placed (the tissue's extent) onto [0, 1]: the texture moves
+    with the head. The constant mode (0, 0) is left out.
+
+    >>> texture_modes(5)
+    [(1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    """
+    out = [(n - q, q) for n in range(1, 2 * MAX_TEXTURE_RANK) for q in range(n + 1)]
+    return out[:rank]
+
+
+def _mode_texture(f: dict[str, np.ndarray], grid, coeffs: np.ndarray, variant: str) -> np.ndarray:
+    """The finite texture ``sum_j coeffs[:, j] * mode_j`` (N x P) in object coordinates."""
+    xc, yc = _to_canonical(grid[0], grid[1], f)
+    x0, x1, y0, y1 = _VARIANTS[variant].box
+    u, v = (xc - x0) / (x1 - x0), (yc - y0) / (y1 - y0)
+    modes = texture_modes(coeffs.shape[1])
+    top = max((max(m) for m in modes), default=0)
+    root2 = np.float32(math.sqrt(2.0))
+    cu = [np.ones_like(u)] + [
+        root2 * np.cos(np.float32(math.pi * k) * u) for k in range(1, top + 1)
+    ]
+    cv = [np.ones_like(v)] + [
+        root2 * np.cos(np.float32(math.pi * k) * v) for k in range(1, top + 1)
+    ]
+    field = np.zeros(np.broadcast_shapes(u.shape, v.shape), dtype=np.float32)
+    for j, (a, b) in enumerate(modes):
+        field += coeffs[:, j : j + 1] * (cu[a] * cv[b])
+    return field
+
+
 def _render_chunk(
     f: dict[str, np.ndarray],
     grid: tuple[np.ndarray, np.ndarray],
@@ -496,6 +564,15 @@ def _render_chunk(
     return img.astype(np.float32), mask, region > 0.5
 
 
+def _smoothed(white: np.ndarray, sigma: float) -> np.ndarray:
+    """White noise (N x S x S) smoothed per image by a Gaussian of ``sigma`` pixels and
+    normalised to unit standard deviation per image."""
+    n, s = white.shape[0], white.shape[1]
+    out = gaussian_filter(white, sigma=(0.0, sigma, sigma), mode="reflect", truncate=3.0)
+    out /= np.maximum(out.reshape(n, s * s).std(axis=1), 1e-12)[:, None, None]
+    return out
+
+
 def generate_images(
     n: int, split: str, params: PhantomParams | None = None, lesions: bool = False
 ) -> PhantomImages:
@@ -521,12 +598,17 @@ def generate_images(
         raise DataError(f"phantom: n={n!r} is not allowed; n must be an int >= 0")
     s = p.image_size
     factors = _draw_factors(n, p, split)
-    # white noise for the texture, smoothed per image, normalised to unit std per image
-    sigma = p.texture_sigma * s / 64.0
-    tex = _rng(p.seed, split, _STREAM_TEXTURE).standard_normal((n, s, s), dtype=np.float32)
-    tex = gaussian_filter(tex, sigma=(0.0, sigma, sigma), mode="reflect", truncate=3.0)
-    tex /= np.maximum(tex.reshape(n, s * s).std(axis=1), 1e-12)[:, None, None]
+    if p.texture_rank is None:
+        tex = _rng(p.seed, split, _STREAM_TEXTURE).standard_normal((n, s, s), dtype=np.float32)
+        tex = _smoothed(tex, p.texture_sigma * s / 64.0)
+    else:
+        # standard normal coefficients of the first texture_rank modes (a row of
+        # MAX_TEXTURE_RANK per image, so a larger rank only adds modes to the same images)
+        z = _rng(p.seed, split, _STREAM_TEXTURE).standard_normal((n, MAX_TEXTURE_RANK))
+        coeffs = z[:, : p.texture_rank].astype(np.float32)
     noise = _rng(p.seed, split, _STREAM_NOISE).standard_normal((n, s, s), dtype=np.float32)
+    if p.noise_sigma > 0:
+        noise = _smoothed(noise, p.noise_sigma * s / 64.0)
     w = 0.6 * 2.0 / s  # soft-edge half-width: 0.6 pixel
     les = _draw_lesions(factors, p, split, w) if lesions else None
     coords = ((np.arange(s, dtype=np.float32) + 0.5) * (2.0 / s) - 1.0).astype(np.float32)
@@ -540,10 +622,14 @@ def generate_images(
         sl = slice(start, min(start + chunk, n))
         f = _factor_dict(factors[sl], p.variant)
         les_chunk = None if les is None else {k: v[sl] for k, v in les.items()}
+        if p.texture_rank is None:
+            tex_chunk = tex[sl].reshape(-1, s * s)
+        else:
+            tex_chunk = _mode_texture(f, grid, coeffs[sl], p.variant)
         images[sl], masks[sl], region[sl] = _render_chunk(
             f,
             grid,
-            tex[sl].reshape(-1, s * s),
+            tex_chunk,
             noise[sl].reshape(-1, s * s),
             les_chunk,
             p,
@@ -574,6 +660,8 @@ def load_phantom(
     lesion_contrast: tuple[float, float] = _LESION_CONTRAST_DEFAULT,
     variant: str = "brain",
     seed: int = 0,
+    texture_rank: int | None = None,
+    noise_sigma: float = 0.0,
     **unknown,
 ) -> AnomalyDataset:
     """Generate the phantom data set (deterministic in ``seed``); see the module docstring.
@@ -602,6 +690,8 @@ def load_phantom(
         lesion_contrast=lesion_contrast,
         variant=variant,
         seed=seed,
+        texture_rank=texture_rank,
+        noise_sigma=noise_sigma,
     ).validated()
     train = generate_images(p.n_train, "train", p)
     val = generate_images(p.n_val, "val", p) if p.n_val > 0 else None
@@ -645,6 +735,8 @@ def _info(p: PhantomParams, val_abnormal: bool) -> dict:
         "factor_names": names,
         "n_factors": len(names),
         "intrinsic_dim": p.intrinsic_dim,
+        "texture_rank": p.texture_rank,
+        "known_dim": p.known_dim,
         "varied_factors": names[: p.intrinsic_dim],
         "fixed_factors": {fa.name: fa.fixed for fa in var.factors[p.intrinsic_dim :]},
         "factor_ranges": {fa.name: [fa.low, fa.high] for fa in var.factors},

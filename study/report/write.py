@@ -38,6 +38,8 @@ def render(
     page = Page(validate=validate)
     ctx = ctx or build_context(run, options)
     for module in SECTIONS:
+        if not getattr(module, "shown", lambda _: True)(ctx):
+            continue
         n_figures = page.n_figures
         try:
             body = module.section(ctx, page)

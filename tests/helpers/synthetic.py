@@ -200,6 +200,7 @@ def synthetic_records(
         last["scores"], last["labels"] = _scores(rng, auc, n_test)
     last["image_intrinsic_dim_twonn"] = twonn
     last["image_intrinsic_dim_mle"] = intrinsic * 1.1
+    last["known_dim"] = None  # the data set does not know its dimension (as the default phantom)
     if with_examples:
         yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
         last["examples"] = _synthetic_examples(rng, xx, yy, d, peak, with_masks)

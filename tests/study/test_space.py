@@ -31,7 +31,7 @@ from study.space import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["latent", "smoke", "paper", "methods", "optuna", "entropy"]
+SHIPPED = ["latent", "smoke", "paper", "methods", "optuna", "entropy", "known"]
 MEDIANOMALY_SETS = ["RSNA", "VinCXR", "BrainTumor", "BraTS2021"]
 
 BASE = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from study.report.context import Ctx
-from study.report.figures import curves, examples, learning, search
+from study.report.figures import curves, examples, known, learning, search
 from study.report.figures.grid import NotAvailable, Plot, to_figure
 
 __all__ = ["EXAMPLES", "FIGURES", "NotAvailable", "Plot", "build", "names", "to_figure"]
@@ -22,6 +22,7 @@ EXAMPLES = "examples:"  # "examples:<stratum>": the example reconstructions of a
 
 # in the order of the page
 FIGURES: dict[str, Callable[[Ctx], Plot | None]] = {
+    "known_answer": known.known_answer,
     "auc_vs_latent_dim": curves.detection,
     "entropy_vs_auc": curves.entropy,
     "recon_error_vs_latent_dim": curves.recon,

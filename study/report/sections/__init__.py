@@ -1,5 +1,6 @@
 """The report's sections in page order; each module has ``ANCHOR``, ``TITLE`` and
-``section(ctx, page) -> str`` (the section's HTML body)."""
+``section(ctx, page) -> str`` (the section's HTML body), and may have
+``shown(ctx) -> bool`` (False: the section is left off the page)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from study.report.sections import (
     examples,
     facts,
     fixed_dim,
+    known,
     methods,
     pixel,
     recon,
@@ -16,4 +18,16 @@ from study.report.sections import (
     verdicts,
 )
 
-SECTIONS = (verdicts, fixed_dim, detection, entropy, recon, pixel, methods, search, examples, facts)
+SECTIONS = (
+    verdicts,
+    known,
+    fixed_dim,
+    detection,
+    entropy,
+    recon,
+    pixel,
+    methods,
+    search,
+    examples,
+    facts,
+)
