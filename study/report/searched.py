@@ -46,7 +46,10 @@ EVALUATORS: dict[str, str] = {
 class Importance:
     """The importance of each searched parameter for the objective in one stratum:
     ``importances`` maps Optuna parameter names to shares (summing to 1, largest first),
-    empty with ``reason`` when not available."""
+    empty with ``reason`` when not available. With fewer than ``minimum`` completed trials
+    (an early-stopping search), it is measured at ``epoch``: the latest evaluation that at
+    least ``minimum`` trials, completed or stopped, reached (``n_used`` of them, each with
+    its objective at that epoch)."""
 
     stratum: str
     study: str
@@ -55,15 +58,23 @@ class Importance:
     minimum: int
     importances: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    epoch: int | None = None
+    n_used: int = 0
 
     @property
     def available(self) -> bool:
         return bool(self.importances)
 
     def text(self) -> str:
-        """One line: ``fANOVA over 12 completed trials: model.latent_dim 0.71, ...`` or
-        why it is not available."""
+        """One line: ``fANOVA over 12 completed trials: model.latent_dim 0.71, ...``, or
+        ``fANOVA over 12 trials at epoch 5 (...)``, or why it is not available."""
         head = f"{self.evaluator} over {self.n_completed} completed trial(s)"
+        if self.epoch is not None:
+            head = (
+                f"{self.evaluator} over {self.n_used} trials at epoch {self.epoch}, the "
+                f"objective there (completed and stopped trials; {self.n_completed} "
+                f"completed, fewer than {self.minimum})"
+            )
         if not self.available:
             return f"{head}: {NOT_AVAILABLE} ({self.reason})"
         return f"{head}: " + ", ".join(f"{k} {v:.2f}" for k, v in self.importances.items())
@@ -213,17 +224,27 @@ def check_evaluator(evaluator: str) -> str:
 
 def importance(study: Any, stratum: str, name: str = "", evaluator: str = "fanova") -> Importance:
     """The importance of each searched parameter for the objective over the completed
-    trials of ``study``; ``not available`` below :data:`MIN_IMPORTANCE_TRIALS` completed
-    trials, with one searched parameter, or when the evaluator fails (the reason says
-    which)."""
+    trials of ``study``. With fewer than :data:`MIN_IMPORTANCE_TRIALS` completed trials,
+    over the trials (completed or stopped) that reached the latest common evaluation epoch
+    reached by at least that many, on their objective at that epoch (what the search
+    compared when it stopped them); ``not available`` when no epoch has enough trials,
+    with one searched parameter, or when the evaluator fails (the reason says which)."""
     label = check_evaluator(evaluator)
     done = [p for p in trial_points(study) if p["kind"] == "completed"]
     n = len(done)
-    base = dict(stratum=stratum, study=name or stratum, evaluator=label, n_completed=n)
-    base["minimum"] = MIN_IMPORTANCE_TRIALS
+    base: dict[str, Any] = dict(stratum=stratum, study=name or stratum, evaluator=label)
+    base.update(n_completed=n, minimum=MIN_IMPORTANCE_TRIALS, n_used=n)
+    target = study
     if n < MIN_IMPORTANCE_TRIALS:
-        why = f"the minimum is {MIN_IMPORTANCE_TRIALS} completed trials"
-        return Importance(**base, reason=why)
+        epoch, target = _study_at_common_epoch(study)
+        if target is None:
+            why = (
+                f"the minimum is {MIN_IMPORTANCE_TRIALS} completed trials, or as many "
+                "evaluated at a common epoch"
+            )
+            return Importance(**base, reason=why)
+        base.update(epoch=epoch, n_used=len(target.trials))
+        done = [dict(params=t.params) for t in target.trials]
     searched = {k for p in done for k in p["params"]}
     if len(searched) < 2:
         return Importance(**base, reason=f"{len(searched)} searched parameter(s)")
@@ -232,11 +253,40 @@ def importance(study: Any, stratum: str, name: str = "", evaluator: str = "fanov
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = get_param_importances(study, evaluator=_evaluator(evaluator)())
+            found = get_param_importances(target, evaluator=_evaluator(evaluator)())
     except Exception as exc:  # noqa: BLE001 - e.g. a parameter with one value only
         return Importance(**base, reason=f"{type(exc).__name__}: {exc}")
     shares = {str(k): float(v) for k, v in found.items()}
     return Importance(**base, importances=shares)
+
+
+def _study_at_common_epoch(study: Any) -> tuple[int | None, Any]:
+    """An in-memory copy of ``study`` holding, as completed trials, every completed or
+    stopped trial that has a finite objective at the latest evaluation epoch that at
+    least :data:`MIN_IMPORTANCE_TRIALS` of them reached, valued at that epoch; ``(None,
+    None)`` when no epoch has that many."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    kept = (state.COMPLETE, state.PRUNED)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state in kept]
+    reached: dict[int, list[Any]] = {}
+    for t in trials:
+        for step, value in t.intermediate_values.items():
+            if value is not None and math.isfinite(float(value)):
+                reached.setdefault(int(step), []).append(t)
+    common = [e for e, ts in reached.items() if len(ts) >= MIN_IMPORTANCE_TRIALS]
+    if not common:
+        return None, None
+    epoch = max(common)
+    copy = optuna.create_study(directions=study.directions)
+    for t in reached[epoch]:
+        copy.add_trial(
+            optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, value=t.intermediate_values[epoch]
+            )
+        )
+    return epoch, copy
 
 
 def best_completed(

@@ -240,13 +240,16 @@ def test_other_evaluators_agree(tmp_path):
 def test_importance_needs_the_stated_minimum_of_completed_trials(tmp_path):
     from study.report.searched import MIN_IMPORTANCE_TRIALS as MIN
 
-    few = importance_run(tmp_path, "model.latent_dim", n_done=MIN - 1, n_pruned=5)
+    few = importance_run(tmp_path, "model.latent_dim", n_done=MIN - 1, n_pruned=0)
     [imp] = load_run(few).importance()
-    assert not imp.available and imp.n_completed == MIN - 1  # pruned trials do not count
-    assert imp.reason == f"the minimum is {MIN} completed trials"
+    assert not imp.available and imp.n_completed == MIN - 1 and imp.epoch is None
+    assert (
+        imp.reason
+        == f"the minimum is {MIN} completed trials, or as many evaluated at a common epoch"
+    )
     assert imp.text() == (
         f"fANOVA over {MIN - 1} completed trial(s): not available (the minimum is {MIN} "
-        "completed trials)"
+        "completed trials, or as many evaluated at a common epoch)"
     )
     text, _ = render_report(load_run(few), validate=True, **FAST)
     fig = figure_titled(text, "Optuna search per stratum")
@@ -297,3 +300,26 @@ def test_search_section_and_console_say_what_the_search_found(tmp_path):
     assert lines[0].startswith(f"search toy/ae: best completed trial {best.number} (")
     assert f"val_auc {best.value:.3f}, test AUC {best.test_auc:.3f}" in lines[0]
     assert "(27 trials, 24 completed, 3 stopped); importance: fANOVA over 24" in lines[0]
+
+
+def test_few_completed_trials_get_importances_at_the_latest_common_epoch(tmp_path):
+    """An early-stopping search with fewer completed trials than the minimum: the
+    importance is measured over completed and stopped trials at the latest epoch that at
+    least the minimum reached, on the objective there, and says so."""
+    from study.report.searched import MIN_IMPORTANCE_TRIALS as MIN
+
+    run = importance_run(tmp_path, "model.latent_dim", n_done=MIN - 3, n_pruned=5)
+    [imp] = load_run(run).importance()
+    assert imp.n_completed == MIN - 3  # pruned trials are not completed ones
+    assert imp.available and imp.epoch == 10 and imp.n_used == MIN - 3 + 5
+    assert imp.text().startswith(
+        f"fANOVA over {MIN + 2} trials at epoch 10, the objective there (completed and "
+        f"stopped trials; {MIN - 3} completed, fewer than {MIN}): "
+    )
+    assert set(imp.importances) == set(SEARCHED)
+    text, _ = render_report(load_run(run), validate=True, **FAST)
+    fig = figure_titled(text, "Optuna search per stratum")
+    assert (
+        fig["layout"]["annotations"][1]["text"]
+        == f"importance (fANOVA, {MIN + 2} trials at epoch 10)"
+    )

@@ -97,7 +97,7 @@ def history(ctx: Ctx) -> Plot:
         for (n, _), f in zip(studies, found)
         for t in (
             f"{n}: optimisation history",
-            f"importance ({f.importance.evaluator}, {f.importance.n_completed} completed)",
+            f"importance ({f.importance.evaluator}, {_used(f.importance)})",
         )
     ]
     height = 300 * len(studies) + 130
@@ -373,3 +373,10 @@ def _dependence_panel(
         )
     k0, k1 = math.floor(math.log2(max(lo, 1))), math.ceil(math.log2(max(hi, 1)))
     fig.x(row, col).update(log2_axis([2**k for k in range(k0, k1 + 1)], "latent_dim"))
+
+
+def _used(imp: Any) -> str:
+    """Which trials an importance panel rests on, for its title."""
+    if imp.epoch is None:
+        return f"{imp.n_completed} completed"
+    return f"{imp.n_used} trials at epoch {imp.epoch}"
