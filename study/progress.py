@@ -4,9 +4,10 @@ line every ``progress_interval_s`` seconds.
 
 Time left comes from training epochs: the epochs the session has trained so far (every
 trial's, a fused bundle's members each, as their evaluations report them) over the time
-it took, against the epochs still to train. So it is there from the first evaluation on,
-also while bundles run, and it does not jump when a bundle's members finish together
-(their epochs were counted at their evaluations)."""
+it took up to the latest evaluation, against the epochs still to train, less the time
+since that evaluation (so between evaluations it counts down instead of growing). So it
+is there from the first evaluation on, also while bundles run, and it does not jump when
+a bundle's members finish together (their epochs were counted at their evaluations)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class Progress:
         self.resumed_from: dict[str, int] = {}
         self.ended: set[str] = set()
         self.started = time.monotonic()
+        self.measured_at = self.started  # when the epochs trained last grew
         self.last_line = self.started
         self.show = _shown_keys(space)
 
@@ -80,7 +82,10 @@ class Progress:
         """Trial ``trial_id`` reported its record of ``epoch``, continuing from a
         checkpoint of epoch ``resumed_from`` (0: from scratch)."""
         self.resumed_from[trial_id] = int(resumed_from)
-        self.trained[trial_id] = max(0, int(epoch) - int(resumed_from))
+        trained = max(0, int(epoch) - int(resumed_from))
+        if trained > self.trained.get(trial_id, 0):
+            self.measured_at = time.monotonic()
+        self.trained[trial_id] = trained
 
     def finished(self, row: Mapping[str, Any]) -> None:
         self.ended.add(str(row.get("trial_id")))
@@ -131,7 +136,9 @@ class Progress:
         if remaining == 0:
             left = ""
         elif trained > 0 and epochs_left is not None:
-            left = f", ~{_clock(elapsed / trained * epochs_left)} left"
+            measured = self.measured_at - self.started
+            since = time.monotonic() - self.measured_at
+            left = f", ~{_clock(max(0.0, measured / trained * epochs_left - since))} left"
         elif done_now > 0:
             left = f", ~{_clock(elapsed / done_now * remaining)} left"
         else:

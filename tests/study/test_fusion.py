@@ -306,6 +306,8 @@ def test_progress_estimates_time_left_while_bundles_run(tmp_path, monkeypatch):
         progress.finished({"trial_id": tid, "status": "completed", "stratum": "s", "auc": 0.5})
     after = progress.summary().rsplit("|", 1)[1]
     assert before == after and "~0:50 left" in after, (before, after)
+    now[0] = 170.0  # no evaluation since: the estimate counts down, it does not grow
+    assert "~0:30 left" in progress.summary()
     progress.tick([8])
     assert "8/16 done, running: 1 bundle (8 trials)" in progress.summary()
     progress.tick([8, 1])
