@@ -267,13 +267,16 @@ def _verdict_row(label: str, v: H.StratumVerdict) -> dict[str, Any]:
         "stratum": v.stratum,
         "run": label,
         "verdict": v.verdict,
+        "headline p": f"p {H.format_p_clause(v.p_value)}" if tested else "–",
+        "over capacity": v.over.verdict,
         "p": p_text(v.over),
-        "effect [95 % CI]": effect_text(v.over),
+        "effect [CI]": effect_text(v.over),
         "d*": v.best_latent_dim if tested and v.best_latent_dim is not None else "–",
         "within reach": ", ".join(str(d) for d in v.best_set) if tested and v.best_set else "–",
         "under capacity": v.under.verdict,
         "under: p": p_text(v.under),
-        "under: effect [95 % CI]": effect_text(v.under),
+        "under: effect [CI]": effect_text(v.under),
+        "CI level": f"{100 * (1 - v.alpha):g} %",
         "trials": v.n_trials,
         "seeds": v.n_seeds,
         "why": v.over.reason,
@@ -282,11 +285,18 @@ def _verdict_row(label: str, v: H.StratumVerdict) -> dict[str, Any]:
 
 def _fixed_row(label: str, t: H.FixedDimTest) -> dict[str, Any]:
     p = "–" if not math.isfinite(t.p_value) else f"p {H.format_p_clause(t.p_value)}"
+    effect = "–"
+    if math.isfinite(t.effect):
+        effect = f"{t.effect:+.3f} [{t.effect_ci[0]:+.3f}, {t.effect_ci[1]:+.3f}]"
     return {
         "data set": t.dataset,
+        "model": t.model,
+        "latent_dim": "–" if t.latent_dim is None else t.latent_dim,
         "run": label,
+        "knob": t.knob,
         "n": t.n,
-        "within-d ρ": f"{t.rho:+.2f}" if math.isfinite(t.rho) else "–",
+        "best level": t.best_level or "–",
+        f"AUC vs the weakest level [{100 * (1 - t.alpha):g} % CI]": effect,
         "p": p,
         "verdict": t.verdict,
         "why": t.reason,
@@ -306,8 +316,8 @@ def _with_badges(df: pd.DataFrame, cols: Sequence[str]) -> str:
 def _verdicts_table(df: pd.DataFrame) -> str:
     """The verdict rows grouped by stratum, each test as a badge with its p and effect."""
     head = (
-        "<tr><th>stratum</th><th>run</th><th>d* {within reach}</th>"
-        "<th>over capacity: AUC(d*) − AUC(max d)</th>"
+        "<tr><th>stratum</th><th>run</th><th>headline (inverted U)</th>"
+        "<th>d* {within reach}</th><th>over capacity: AUC(d*) − AUC(max d)</th>"
         "<th>under capacity: AUC(d*) − AUC(min d)</th><th>trials (seeds)</th>"
         "<th>why</th></tr>"
     )
@@ -316,14 +326,16 @@ def _verdicts_table(df: pd.DataFrame) -> str:
         best = "–" if row["d*"] == "–" else f"<b>{esc(row['d*'])}</b>"
         if row["within reach"] != "–":
             best += f" {{{esc(row['within reach'])}}}"
-        over = f"{badge(row['verdict'])} <span class='small'>{esc(row['p'])}; "
-        over += f"{esc(row['effect [95 % CI]'])}</span>"
+        head_cell = f"{badge(row['verdict'])} <span class='small'>{esc(row['headline p'])}</span>"
+        over = f"{badge(row['over capacity'])} <span class='small'>{esc(row['p'])}; "
+        over += f"{esc(row['effect [CI]'])} ({esc(row['CI level'])})</span>"
         under = f"{badge(row['under capacity'])} <span class='small'>{esc(row['under: p'])}; "
-        under += f"{esc(row['under: effect [95 % CI]'])}</span>"
+        under += f"{esc(row['under: effect [CI]'])} ({esc(row['CI level'])})</span>"
         stratum = "" if row["stratum"] == last else f"<b>{esc(row['stratum'])}</b>"
         last = row["stratum"]
         rows.append(
-            f"<tr><td>{stratum}</td><td>{esc(row['run'])}</td><td>{best}</td><td>{over}</td>"
+            f"<tr><td>{stratum}</td><td>{esc(row['run'])}</td><td>{head_cell}</td><td>{best}</td>"
+            f"<td>{over}</td>"
             f"<td>{under}</td><td class='num'>{row['trials']} ({row['seeds']})</td>"
             f"<td class='reason'>{esc(row['why'])}</td></tr>"
         )
@@ -369,9 +381,10 @@ def render(c: Comparison) -> str:
 
 VERDICTS_LEAD = note(
     "Each run's own verdicts, as its report gives them (same α, same tests): the "
-    "over-capacity test (AUC at d* minus AUC at the largest latent_dim) is the headline, "
-    "the under-capacity test compares d* with the smallest latent_dim. No d* is shown "
-    "where the capacity test was not carried out."
+    "headline is the paper's inverted U (supported when both drops are), the "
+    "over-capacity test compares AUC at d* with the largest latent_dim, the "
+    "under-capacity test with the smallest; intervals are simultaneous at level 1 − α. "
+    "No d* is shown where the capacity test was not carried out."
 )
 
 

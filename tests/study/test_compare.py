@@ -78,8 +78,10 @@ def test_verdict_rows_are_the_runs_own_verdicts(runs, comparison):
         for v in load_run(run_dir).verdicts(**FAST):
             row = table[(table["run"] == label) & (table["stratum"] == v.stratum)].iloc[0]
             assert row["verdict"] == v.verdict
+            assert row["over capacity"] == v.over.verdict
             assert row["p"] == p_text(v.over)
-            assert row["effect [95 % CI]"] == effect_text(v.over)
+            assert row["effect [CI]"] == effect_text(v.over)
+            assert row["CI level"] == "95 %"
             assert row["d*"] == v.best_latent_dim
             assert row["within reach"] == ", ".join(map(str, v.best_set))
 
@@ -203,3 +205,33 @@ def test_a_searched_run_is_drawn_as_points(tmp_path, runs):
     assert list(fig.layout.xaxis.tickvals) == [1, 2, 4, 8, 16, 32, 64, 128]
     html = c.html()
     assert "optuna: searched by Optuna, drawn as points without lines" in html
+
+
+def test_fixed_latent_dim_rows_are_the_runs_own_tests(runs, monkeypatch):
+    """A run with an entropy knob at a fixed latent_dim: each per-model test of the run
+    is one row with its knob, best level, effect at level 1 - alpha and verdict."""
+    import numpy as np
+    import pandas as pd
+
+    from study import hypothesis as H
+
+    rng = np.random.default_rng(0)
+    level = np.repeat(np.arange(4), 3)
+    trials = pd.DataFrame(
+        dict(dataset="phantom-k6", model="vae", latent_dim=64, seed=np.tile(range(3), 4),
+             kl_weight=10.0 ** (level - 5), status="completed",
+             auc=0.7 + 0.03 * (level == 1) - 0.1 * (level == 3) + 0.005 * rng.normal(size=12),
+             latent_entropy_gaussian=8.0 - level + 0.1 * rng.normal(size=12))
+    )  # fmt: skip
+    tests = H.fixed_latent_dim_tests(trials, n_sim=500)
+    run_type = type(load_run(runs[0]))
+    monkeypatch.setattr(run_type, "fixed_latent_dim_tests", lambda self, **kw: tests)
+    comparison = compare(runs, **FAST)
+    table = comparison.fixed_latent_dim_tests()
+    assert len(table) == 2 * len(tests) and list(table["run"]) == ["latent", "entropy"]
+    [t] = tests
+    row = table.iloc[0]
+    assert row["model"] == "vae" and row["knob"] == t.knob and row["verdict"] == t.verdict
+    assert row["best level"] == t.best_level
+    assert row["AUC vs the weakest level [95 % CI]"].startswith(f"{t.effect:+.3f} [")
+    assert "Entropy at fixed latent dimension" in comparison.html()
