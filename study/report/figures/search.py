@@ -44,8 +44,9 @@ HISTORY_CAPTION = (
     "early-stopped (pruned) ones at the value of the evaluation they were stopped on, "
     "which is earlier in training and not comparable with a final value; the best "
     "completed value so far; the importance of each searched parameter for the objective "
-    "over the completed trials (the evaluator and the number of trials in the panel's "
-    f"title; {searched.MIN_IMPORTANCE_TRIALS} completed trials at least)."
+    "over the completed trials (the evaluator and the trials in the panel's title; "
+    f"{searched.MIN_IMPORTANCE_TRIALS} completed trials at least, else every trial at the "
+    f"latest epoch that {searched.MIN_IMPORTANCE_TRIALS} or more reached)."
 )
 DEPENDENCE_CAPTION = (
     "Every trial of each Optuna study against its latent_dim, as in Optuna's slice "

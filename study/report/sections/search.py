@@ -97,7 +97,9 @@ def _found(ctx: Ctx) -> str:
             f"The best completed trial of each stratum by the objective <code>{esc(metric)}"
             f"</code> (measured on the {on} set), with the test AUC of the same trial; the "
             "importance of each searched parameter for the objective over the completed "
-            f"trials ({MIN_IMPORTANCE_TRIALS} at least)."
+            f"trials ({MIN_IMPORTANCE_TRIALS} at least; with fewer, over every trial at the "
+            f"latest epoch that {MIN_IMPORTANCE_TRIALS} or more reached, on the objective "
+            "there, as the row says)."
         )
         + table_html(pd.DataFrame(rows))
     )
