@@ -191,8 +191,11 @@ def describe(units: Sequence[Mapping[str, Any]], space: Space) -> str:
         )
     n = sum(len(u[MEMBERS_KEY]) for u in bundles)
     most = max(len(u[MEMBERS_KEY]) for u in bundles)
+    shape = f"{len(bundles)} bundles of up to {most} members"
+    if len(bundles) == 1:
+        shape = f"1 bundle of {most} members"
     return (
-        f"fused: {n} trials in {len(bundles)} bundles of up to {most} members, "
+        f"fused: {n} trials in {shape}, "
         f"{len(units) - len(bundles)} alone (resources.fuse {_setting(space)})"
     )
 

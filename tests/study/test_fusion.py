@@ -129,7 +129,7 @@ def run(space, **kw):
 def test_fused_study_equals_the_unfused_one_and_resumes_only_missing_members(tmp_path, ray_session):
     path = write_space(tmp_path, grid(seeds=(0,)))
     fused, text = run(load_space(str(path), ["resources.fuse=3"]))
-    assert "fused: 3 trials in 1 bundles of up to 3 members" in text
+    assert "fused: 3 trials in 1 bundle of 3 members" in text
     assert fused.counts["completed"] == 3
     a = pd.read_parquet(fused.run_dir / "trials.parquet").set_index("trial_id")
     # resume with one more seed: only the 3 new members run (fused again)
