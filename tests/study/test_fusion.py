@@ -144,12 +144,16 @@ def test_fused_study_equals_the_unfused_one_and_resumes_only_missing_members(tmp
     c = pd.read_parquet(off.run_dir / "trials.parquet").set_index("trial_id")
     assert sorted(c.index) == sorted(b.index)  # the same trials, the same ids
     assert c["bundle_id"].isna().all() if "bundle_id" in c else True
-    for key, tol in (("auc", 2e-3), ("ap", 3e-3)):  # absolute
+    # fused and unfused differ by float32 summation order only (bounded from measured
+    # noise in tests/test_fused.py); here, where the runs are whole studies, the bound is
+    # the noise the study itself shows: a fusion that changed a member's initialisation,
+    # batch order or loss would move it by about as much as another seed does, summation
+    # order by far less (measured: at most 0.11 of the seed spread, AUC with
+    # ATEN_CPU_CAPABILITY=default; 0.004 with the native kernels)
+    for key in ("auc", "ap", "train_loss", "recon_error_val_normal"):
         diff = (b[key] - c.loc[b.index, key]).abs().max()
-        assert diff <= tol, (key, diff)
-    for key in ("train_loss", "recon_error_val_normal"):  # relative
-        rel = ((b[key] - c.loc[b.index, key]) / c.loc[b.index, key]).abs().max()
-        assert rel <= 1e-3, (key, rel)
+        seeds = c.groupby("latent_dim")[key].agg(lambda v: v.max() - v.min()).median()
+        assert diff <= 0.5 * seeds, (key, diff, seeds)
     assert (b["status"] == "completed").all() and (c["status"] == "completed").all()
     best = lambda t: t.groupby("latent_dim")["auc"].mean().idxmax()  # noqa: E731
     assert best(b) == best(c)
