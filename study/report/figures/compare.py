@@ -9,6 +9,7 @@ import pandas as pd
 
 from study import hypothesis as H
 from study.report.context import Ctx
+from study.report.figures.curves import mean_sd_trace
 from study.report.figures.grid import (
     Grid,
     NotAvailable,
@@ -25,8 +26,6 @@ from study.report.figures.style import (
     MARGIN_LEGEND_BELOW,
     MAX_PANELS,
     METRIC_LABELS,
-    MODEL_DASHES,
-    MODEL_SYMBOLS,
 )
 from study.report.fragments import esc
 
@@ -118,26 +117,10 @@ def _curve(
 ) -> None:  # fmt: skip
     """One run's mean ± sd curve (``run``: its label and index) in the panel ``at``."""
     (row, col), (run, i) = at, run
-    std = a["std"].fillna(0).to_numpy()
-    fig.add(
-        dict(
-            type="scatter",
-            x=a["latent_dim"].tolist(),
-            y=arr(a["mean"]),
-            error_y=dict(type="data", array=arr(std), visible=True, thickness=1.2, width=4),
-            mode="markers" if points else "lines+markers",
-            name=run,
-            legendgroup=run,
-            showlegend=legend,
-            line=dict(color=run_colour(i), dash=MODEL_DASHES[i % len(MODEL_DASHES)], width=2.4),
-            marker=dict(symbol=MODEL_SYMBOLS[i % len(MODEL_SYMBOLS)], size=8),
-            customdata=[[round(float(s), 4), int(n)] for s, n in zip(std, a["count"])],
-            hovertemplate=f"<b>{esc(run)}</b> · {esc(key)}<br>d = %{{x}}<br>{label} = "
-            "%{y:.3f} ± %{customdata[0]:.3f} (n = %{customdata[1]})<extra></extra>",
-        ),
-        row,
-        col,
-    )
+    head = f"<b>{esc(run)}</b> · {esc(key)}"
+    mode = "markers" if points else "lines+markers"
+    trace = mean_sd_trace(a, run, run_colour(i), i, label, head, mode)
+    fig.add(trace | dict(showlegend=legend), row, col)
 
 
 def _best(

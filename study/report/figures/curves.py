@@ -93,31 +93,41 @@ def metric_curves(
     return fig.plot(height=470, title=dict(text=heading, x=0.01), hovermode="closest", **below)
 
 
+def mean_sd_trace(
+    g: pd.DataFrame,
+    name: str,
+    colour: str,
+    k: int,
+    label: str,
+    hover_head: str,
+    mode: str = "lines+markers",
+) -> dict:
+    """A mean ± sd curve over latent_dim (``g``: columns latent_dim, mean, std, count), in
+    the ``k``-th dash and marker style; ``hover_head`` is escaped HTML."""
+    std = g["std"].fillna(0).to_numpy()
+    return dict(
+        type="scatter",
+        x=g["latent_dim"].tolist(),
+        y=arr(g["mean"]),
+        error_y=dict(type="data", array=arr(std), visible=True, thickness=1.2, width=4),
+        mode=mode,
+        name=name,
+        legendgroup=name,
+        line=dict(color=colour, dash=MODEL_DASHES[k % len(MODEL_DASHES)], width=2.4),
+        marker=dict(symbol=MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)], size=8),
+        customdata=[[round(float(s), 4), int(n)] for s, n in zip(std, g["count"])],
+        hovertemplate=f"{hover_head}<br>d = %{{x}}<br>{label} = %{{y:.3f}} ± "
+        "%{customdata[0]:.3f} (n = %{customdata[1]})<extra></extra>",
+    )
+
+
 def _stratum_curve(ctx: Ctx, fig: Grid, j: int, metric: str, stratum: str, g: pd.DataFrame) -> None:
     label = METRIC_LABELS.get(metric, metric)
     ds, model = g["dataset"].iloc[0], g["model"].iloc[0]
     colour = ctx.colours[ds]
     k = ctx.model_index[model]
-    std = g["std"].fillna(0).to_numpy()
-    fig.add(
-        dict(
-            type="scatter",
-            x=g["latent_dim"].tolist(),
-            y=arr(g["mean"]),
-            error_y=dict(type="data", array=arr(std), visible=True, thickness=1.2, width=4),
-            mode="lines+markers",
-            name=stratum,
-            legendgroup=stratum,
-            showlegend=j == 1,
-            line=dict(color=colour, dash=MODEL_DASHES[k % len(MODEL_DASHES)], width=2.4),
-            marker=dict(symbol=MODEL_SYMBOLS[k % len(MODEL_SYMBOLS)], size=8),
-            customdata=[[round(float(s), 4), int(n)] for s, n in zip(std, g["count"])],
-            hovertemplate=f"<b>{esc(stratum)}</b><br>d = %{{x}}<br>{label} = %{{y:.3f}} ± "
-            "%{customdata[0]:.3f} (n = %{customdata[1]})<extra></extra>",
-        ),
-        1,
-        j,
-    )
+    trace = mean_sd_trace(g, stratum, colour, k, label, f"<b>{esc(stratum)}</b>")
+    fig.add(trace | dict(showlegend=j == 1), 1, j)
     best = g.loc[g["mean"].idxmin() if direction(metric) == "min" else g["mean"].idxmax()]
     fig.add(
         dict(
